@@ -1,0 +1,274 @@
+//! The rules an event must meet. Ingest enforces them before producing, and
+//! the processor enforces them again on what it consumes (anything could have
+//! written to the topic), so both use this one implementation.
+
+use std::time::{Duration, SystemTime};
+
+use prost_types::Timestamp;
+
+use crate::json::{JsonError, struct_to_json};
+use crate::v1::Event;
+
+pub const MAX_EVENT_TYPE_LEN: usize = 64;
+pub const MAX_EVENT_ID_LEN: usize = 128;
+pub const MAX_TEXT_FIELD_CHARS: usize = 256;
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
+pub const MAX_BATCH_EVENTS: usize = 1000;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// One invalid field: `field` is the path in the request (`event.event_type`,
+/// `events[3].payload`), `description` says why, in lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// An event that passed validation, with what validation computed.
+#[derive(Debug, Clone)]
+pub struct ValidEvent {
+    /// The payload as compact JSON text (`{}` when absent).
+    pub payload_json: String,
+    /// `occurred_at`, truncated to microseconds (what PostgreSQL stores), or
+    /// `now` when the client left it unset.
+    pub occurred_at: Timestamp,
+}
+
+/// Checks one event; `prefix` is its path in the request (e.g. `event`).
+/// Collects every violation rather than stopping at the first.
+pub fn validate_event(
+    event: &Event,
+    prefix: &str,
+    now: SystemTime,
+) -> Result<ValidEvent, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let mut violation = |field: &str, description: String| {
+        violations.push(FieldViolation {
+            field: format!("{prefix}.{field}"),
+            description,
+        });
+    };
+
+    if event.event_type.is_empty() {
+        violation("event_type", "is required".into());
+    } else if !is_event_type(&event.event_type) {
+        violation(
+            "event_type",
+            "must match ^[a-z][a-z0-9_.-]{0,63}$".into(),
+        );
+    }
+    if !event.event_id.is_empty() && !is_event_id(&event.event_id) {
+        violation("event_id", "must match ^[A-Za-z0-9._:-]{1,128}$".into());
+    }
+    for (name, value) in [
+        ("source", &event.source),
+        ("user_id", &event.user_id),
+        ("session_id", &event.session_id),
+    ] {
+        if value.chars().count() > MAX_TEXT_FIELD_CHARS {
+            violation(name, format!("must be at most {MAX_TEXT_FIELD_CHARS} characters"));
+        } else if value.contains('\0') {
+            violation(name, "must not contain a NUL character".into());
+        }
+    }
+
+    let occurred_at = match &event.occurred_at {
+        None => Some(truncate_to_micros(&Timestamp::from(now))),
+        Some(ts) => match check_occurred_at(ts, now) {
+            Ok(ts) => Some(ts),
+            Err(why) => {
+                violation("occurred_at", why);
+                None
+            }
+        },
+    };
+
+    let payload_json = match &event.payload {
+        None => Some("{}".to_owned()),
+        Some(payload) => match struct_to_json(payload) {
+            Ok(map) => {
+                let text = serde_json::Value::Object(map).to_string();
+                if text.len() > MAX_PAYLOAD_BYTES {
+                    violation(
+                        "payload",
+                        format!(
+                            "is {} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES}",
+                            text.len()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(text)
+                }
+            }
+            Err(e @ (JsonError::NonFiniteNumber { .. } | JsonError::NulCharacter { .. })) => {
+                violation("payload", e.to_string());
+                None
+            }
+        },
+    };
+
+    match (occurred_at, payload_json) {
+        (Some(occurred_at), Some(payload_json)) if violations.is_empty() => Ok(ValidEvent {
+            payload_json,
+            occurred_at,
+        }),
+        _ => Err(violations),
+    }
+}
+
+fn check_occurred_at(ts: &Timestamp, now: SystemTime) -> Result<Timestamp, String> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err("has nanos out of range".into());
+    }
+    if ts.seconds < 0 {
+        return Err("must not be before 1970-01-01T00:00:00Z".into());
+    }
+    let latest = Timestamp::from(now + MAX_FUTURE_SKEW);
+    if (ts.seconds, ts.nanos) > (latest.seconds, latest.nanos) {
+        return Err("must not be more than 1h in the future".into());
+    }
+    Ok(truncate_to_micros(ts))
+}
+
+/// PostgreSQL keeps microseconds: truncating before storing makes what a
+/// client reads back equal what keyset page tokens compare against.
+pub fn truncate_to_micros(ts: &Timestamp) -> Timestamp {
+    Timestamp {
+        seconds: ts.seconds,
+        nanos: ts.nanos - ts.nanos % 1000,
+    }
+}
+
+/// `^[a-z][a-z0-9_.-]{0,63}$`
+pub fn is_event_type(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_EVENT_TYPE_LEN
+        && bytes[0].is_ascii_lowercase()
+        && bytes[1..]
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `^[A-Za-z0-9._:-]{1,128}$`
+pub fn is_event_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_EVENT_ID_LEN
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The Kafka record key: user_id, else session_id, else event_id, so one
+/// user's (or session's) events stay in one partition, in order.
+pub fn partition_key(event: &Event) -> &str {
+    if !event.user_id.is_empty() {
+        &event.user_id
+    } else if !event.session_id.is_empty() {
+        &event.session_id
+    } else {
+        &event.event_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str) -> Event {
+        Event {
+            event_type: event_type.into(),
+            ..Default::default()
+        }
+    }
+
+    fn fields(r: Result<ValidEvent, Vec<FieldViolation>>) -> Vec<String> {
+        r.err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
+    #[test]
+    fn event_type_pattern() {
+        for ok in ["a", "page.view", "a_b-c.d9", &"x".repeat(64)] {
+            assert!(is_event_type(ok), "{ok}");
+        }
+        for bad in ["", "A", "9a", "_a", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert!(!is_event_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_id_pattern() {
+        assert!(is_event_id("Order-1:2.3_x"));
+        assert!(is_event_id(&"a".repeat(128)));
+        for bad in ["", "a b", "a/b", "ä", &"a".repeat(129)] {
+            assert!(!is_event_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn collects_every_violation_with_its_path() {
+        let now = SystemTime::now();
+        let mut e = event("Bad");
+        e.event_id = "has space".into();
+        e.user_id = "u".repeat(257);
+        e.session_id = "a\0b".into();
+        e.occurred_at = Some(Timestamp::from(now + Duration::from_secs(3601 + 5)));
+        assert_eq!(
+            fields(validate_event(&e, "events[2]", now)),
+            [
+                "events[2].event_type",
+                "events[2].event_id",
+                "events[2].user_id",
+                "events[2].session_id",
+                "events[2].occurred_at"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_and_truncates_occurred_at_and_sizes_the_payload() {
+        let now = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let ok = validate_event(&event("a"), "event", now);
+        let ok = ok.ok();
+        assert_eq!(
+            ok.as_ref().map(|v| (v.occurred_at.seconds, v.occurred_at.nanos)),
+            Some((1_700_000_000, 123_456_000))
+        );
+        assert_eq!(ok.map(|v| v.payload_json), Some("{}".to_owned()));
+
+        let mut big = event("a");
+        let blob = "x".repeat(MAX_PAYLOAD_BYTES);
+        big.payload = Some(crate::json::json_to_struct(
+            serde_json::json!({ "blob": blob })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ));
+        assert_eq!(fields(validate_event(&big, "event", now)), ["event.payload"]);
+    }
+
+    #[test]
+    fn an_hour_ahead_is_the_limit() {
+        let now = SystemTime::now();
+        let mut e = event("a");
+        e.occurred_at = Some(Timestamp::from(now + MAX_FUTURE_SKEW));
+        assert!(validate_event(&e, "event", now).is_ok());
+    }
+
+    #[test]
+    fn partition_key_prefers_user_then_session_then_id() {
+        let mut e = event("a");
+        e.event_id = "id".into();
+        assert_eq!(partition_key(&e), "id");
+        e.session_id = "s".into();
+        assert_eq!(partition_key(&e), "s");
+        e.user_id = "u".into();
+        assert_eq!(partition_key(&e), "u");
+    }
+}

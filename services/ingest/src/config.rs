@@ -1,0 +1,36 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tributary_platform::config::{ShutdownArgs, TelemetryArgs, parse_duration};
+
+/// The ingest service. Every flag also reads a TRIBUTARY_* variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-ingest", version, about)]
+pub struct Config {
+    /// gRPC listen address (IngestService, health, reflection, gRPC-Web).
+    #[arg(long, env = "TRIBUTARY_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (/metrics, /live, /ready).
+    #[arg(long, env = "TRIBUTARY_HTTP_ADDR", default_value = "0.0.0.0:9601")]
+    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub kafka: tributary_kafka::KafkaArgs,
+    /// Events being produced at once, over all requests; past it, requests
+    /// are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TRIBUTARY_MAX_IN_FLIGHT_EVENTS", default_value_t = 50_000)]
+    pub max_in_flight_events: usize,
+    /// Unacknowledged events one PublishStream may have before ingest stops
+    /// reading from it (backpressure).
+    #[arg(long, env = "TRIBUTARY_STREAM_WINDOW", default_value_t = 2_000)]
+    pub stream_window: usize,
+    /// How long an event may wait for the broker's ack before UNAVAILABLE.
+    #[arg(long, env = "TRIBUTARY_PRODUCE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub produce_timeout: Duration,
+    /// How long the producer waits to fill a batch.
+    #[arg(long, env = "TRIBUTARY_PRODUCE_LINGER", value_parser = parse_duration, default_value = "2ms")]
+    pub linger: Duration,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}

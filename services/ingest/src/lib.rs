@@ -1,0 +1,156 @@
+//! The ingest service: validates events, assigns ids, produces them to Kafka
+//! and answers only after the broker acknowledged them.
+
+mod config;
+mod grpc;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use tokio::sync::Semaphore;
+use tributary_kafka::producer::{Producer, ProducerSettings};
+use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_proto::service_names;
+use tributary_proto::v1::ingest_service_server::IngestServiceServer;
+
+pub use config::Config;
+
+/// tonic's decode limit sits above our batch limit, so an oversized batch
+/// gets our INVALID_ARGUMENT (with the limit named) rather than tonic's error.
+const MAX_DECODING_BYTES: usize = 4 * tributary_proto::validate::MAX_BATCH_BYTES;
+
+/// A built, bound, not yet running ingest service.
+pub struct Ingest {
+    config: Config,
+    grpc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    registry: Registry,
+    producer: Producer,
+    api: grpc::IngestApi,
+}
+
+impl Ingest {
+    /// Binds both ports and creates the producer. The broker need not be up:
+    /// the service starts NOT_SERVING and turns SERVING once it answers.
+    pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
+        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
+        let http = http::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        tributary_platform::metrics::register_build_info(&registry, "ingest")?;
+        let producer = Producer::new(
+            &config.kafka,
+            &ProducerSettings {
+                message_timeout: config.produce_timeout,
+                linger: config.linger,
+            },
+            &registry,
+        )?;
+        let api = grpc::IngestApi {
+            producer: producer.clone(),
+            topic: Arc::from(config.kafka.topic.as_str()),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight_events)),
+            stream_window: config.stream_window,
+            metrics: metrics::IngestMetrics::register(&registry)?,
+            instance: Arc::from(instance_name().as_str()),
+        };
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            registry,
+            producer,
+            api,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.http_addr)
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests (up to
+    /// the grace period) and flushes the producer.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let token = shutdown::token_from(shutdown);
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let services: &'static [&'static str] = &[service_names::INGEST];
+        let standard = pgrpc::standard(services).await?;
+        let grpc_metrics = tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
+        for (s, m) in pgrpc::methods_of(service_names::INGEST) {
+            grpc_metrics.init_method(&s, &m);
+        }
+
+        let topic = self.config.kafka.topic.clone();
+        let ready_producer = self.producer.clone();
+        let readiness: http::ReadinessCheck = Arc::new(move || {
+            let producer = ready_producer.clone();
+            let topic = topic.clone();
+            Box::pin(async move {
+                producer
+                    .check_topic(&topic, Duration::from_secs(2))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let http_task = tokio::spawn(http::serve(
+            self.http,
+            self.registry.clone(),
+            readiness.clone(),
+            token.clone(),
+        ));
+        let health_task = tokio::spawn(pgrpc::watch_health(
+            standard.health.clone(),
+            services,
+            readiness,
+            token.clone(),
+        ));
+
+        let mut routes = standard.routes;
+        routes.add_service(
+            IngestServiceServer::new(self.api).max_decoding_message_size(MAX_DECODING_BYTES),
+        );
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, "ingest serving");
+        let grace = self.config.shutdown.shutdown_grace;
+        pgrpc::serve(self.grpc, routes.routes(), grpc_metrics, token.clone(), grace).await?;
+        token.cancel();
+        pgrpc::set_health(&standard.health, services, false).await;
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(grace)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("producer flushed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
+        }
+        health_task.abort();
+        if let Ok(Err(e)) = http_task.await {
+            tracing::warn!(error = %e, "http port stopped with an error");
+        }
+        Ok(())
+    }
+}
+
+fn instance_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "ingest".to_owned())
+}

@@ -1,0 +1,75 @@
+//! Topic administration: `migrate` creates the topics explicitly (this broker
+//! cannot add partitions later, and an auto-created topic would get its
+//! default count).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+
+use crate::{KafkaArgs, KafkaError};
+
+pub type Admin = AdminClient<DefaultClientContext>;
+
+pub fn client(args: &KafkaArgs) -> Result<Admin, KafkaError> {
+    Ok(args.client_config()?.create()?)
+}
+
+/// What `ensure_topic` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    /// It existed with this many partitions (possibly not the requested count).
+    Existed { partitions: i32 },
+}
+
+/// Creates `topic` with `partitions` unless it exists.
+pub async fn ensure_topic(
+    admin: &Admin,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    timeout: Duration,
+) -> Result<TopicOutcome, KafkaError> {
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
+    let results = admin.create_topics([&new], &options).await?;
+    for result in results {
+        match result {
+            Ok(_) => return Ok(TopicOutcome::Created),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                let partitions = partition_count(admin.inner(), topic, timeout)?;
+                return Ok(TopicOutcome::Existed { partitions });
+            }
+            Err((name, code)) => {
+                return Err(KafkaError::CreateTopic {
+                    topic: name,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(TopicOutcome::Created)
+}
+
+/// The partition count of `topic` (blocking: run off the async threads).
+pub fn partition_count<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), Timeout::After(timeout))?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty());
+    match found {
+        Some(t) => Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)),
+        None => Err(KafkaError::MissingTopic {
+            topic: topic.to_owned(),
+        }),
+    }
+}

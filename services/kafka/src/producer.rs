@@ -1,0 +1,208 @@
+//! The producer: idempotent, acks=all, never auto-creating topics, and
+//! measured (`tributary_kafka_produce_duration_seconds`,
+//! `tributary_kafka_producer_queue_messages`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::{Histogram, HistogramOpts, IntGauge, Registry};
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use crate::{KafkaArgs, KafkaError};
+
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// How long a record may wait for the broker's ack before it fails.
+    pub message_timeout: Duration,
+    /// How long librdkafka waits to fill a batch.
+    pub linger: Duration,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        Self {
+            message_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Why a record was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker could not be reached or did not ack in time: retryable.
+    #[error("broker unavailable: {0}")]
+    Unavailable(RdError),
+    /// The local queue is full: shed load, retryable.
+    #[error("producer queue full")]
+    QueueFull,
+    /// The broker refused the record (too large, unknown topic, ...).
+    #[error("broker rejected the record: {0}")]
+    Rejected(RdError),
+}
+
+impl ProduceError {
+    fn from_rd(e: RdError) -> Self {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::QueueFull) => Self::QueueFull,
+            Some(
+                RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NotEnoughReplicas
+                | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::Fatal,
+            ) => Self::Unavailable(e),
+            _ => Self::Rejected(e),
+        }
+    }
+}
+
+/// A record to send.
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+/// Where the broker put an acknowledged record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    duration: Histogram,
+}
+
+impl Producer {
+    /// Builds the producer and registers its metrics into `registry`.
+    pub fn new(
+        args: &KafkaArgs,
+        settings: &ProducerSettings,
+        registry: &Registry,
+    ) -> Result<Self, KafkaError> {
+        let mut c = args.client_config()?;
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Topics are created by `migrate` with the right partition count;
+            // an auto-created one would get the broker's default forever.
+            .set("allow.auto.create.topics", "false")
+            .set("linger.ms", settings.linger.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout.as_millis().to_string(),
+            )
+            .set("queue.buffering.max.messages", "200000");
+        let inner: FutureProducer = c.create()?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tributary_kafka_produce_duration_seconds",
+                "Time from handing a record to the producer to the broker's ack",
+            )
+            .buckets(crate_buckets()),
+        )
+        ?;
+        registry
+            .register(Box::new(duration.clone()))
+            ?;
+        registry
+            .register(Box::new(QueueCollector {
+                producer: inner.clone(),
+                gauge: IntGauge::new(
+                    "tributary_kafka_producer_queue_messages",
+                    "Records handed to the producer and not yet acknowledged",
+                )
+                ?,
+            }))
+            ?;
+        Ok(Self { inner, duration })
+    }
+
+    /// Sends one record and waits for the broker's ack.
+    pub async fn send(&self, record: Record<'_>) -> Result<Delivered, ProduceError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(record.topic)
+            .payload(record.value)
+            .headers(headers);
+        if let Some(key) = record.key {
+            fr = fr.key(key);
+        }
+        let start = Instant::now();
+        // A zero queue timeout: a full local queue fails at once (QueueFull,
+        // shed by the caller) instead of blocking; message.timeout.ms bounds
+        // the wait for the ack.
+        let result = self.inner.send(fr, Timeout::After(Duration::ZERO)).await;
+        self.duration.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((e, _)) => Err(ProduceError::from_rd(e)),
+        }
+    }
+
+    /// Waits for everything queued to be acknowledged (at shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(Timeout::After(timeout))?;
+        Ok(())
+    }
+
+    /// Records not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+
+    /// Checks that the broker answers and `topic` exists.
+    pub async fn check_topic(&self, topic: &str, timeout: Duration) -> Result<i32, KafkaError> {
+        let producer = self.inner.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || crate::admin::partition_count(producer.client(), &topic, timeout))
+            .await?
+    }
+}
+
+fn crate_buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+
+struct QueueCollector {
+    producer: FutureProducer,
+    gauge: IntGauge,
+}
+
+impl Collector for QueueCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge.set(i64::from(self.producer.in_flight_count()));
+        self.gauge.collect()
+    }
+}
+
+/// Shared, for the parts that hold a producer behind an `Arc`.
+pub type SharedProducer = Arc<Producer>;

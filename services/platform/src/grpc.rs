@@ -1,0 +1,372 @@
+//! The gRPC server every service runs: its own services plus
+//! `grpc.health.v1.Health`, reflection (v1 and v1alpha: the grpcurl here
+//! speaks only v1alpha), and one tower layer that records RED metrics and
+//! opens the server span in the client's trace.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame};
+use tonic::Code;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::metrics::GrpcServerMetrics;
+
+/// Health and reflection for a server exposing `services`; add the
+/// service's own servers to `routes`, then [`serve`] them.
+pub struct Standard {
+    pub health: HealthReporter,
+    pub routes: tonic::service::RoutesBuilder,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the reflection service: {0}")]
+pub struct ReflectionError(#[from] tonic_reflection::server::Error);
+
+/// Builds health (every named service starts NOT_SERVING until readiness
+/// says otherwise) and reflection over our descriptor set and health's.
+pub async fn standard(services: &[&str]) -> Result<Standard, ReflectionError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    for name in services {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tributary_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    Ok(Standard { health, routes })
+}
+
+/// Serves `routes` (with gRPC-Web, so a browser can call too) behind the
+/// telemetry layer until `token` is cancelled, then lets in-flight calls
+/// finish for up to `grace`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    metrics: GrpcServerMetrics,
+    token: tokio_util::sync::CancellationToken,
+    grace: std::time::Duration,
+) -> Result<(), tonic::transport::Error> {
+    let drain = token.clone();
+    let serve = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(TelemetryLayer::new(metrics))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move { drain.cancelled().await },
+        );
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result,
+        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight calls outlived the grace period; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Marks the server and each named service SERVING or NOT_SERVING.
+pub async fn set_health(health: &HealthReporter, services: &[&str], serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    for name in services {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Lists `(service, method)` pairs of a service from the descriptor set, so
+/// metrics can be initialised for every method before its first call.
+pub fn methods_of(service: &str) -> Vec<(String, String)> {
+    use prost::Message as _;
+    let Ok(fds) = prost_types::FileDescriptorSet::decode(tributary_proto::FILE_DESCRIPTOR_SET)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for file in fds.file {
+        let package = file.package.clone().unwrap_or_default();
+        for svc in file.service {
+            let full = format!("{package}.{}", svc.name.clone().unwrap_or_default());
+            if full == service {
+                for m in svc.method {
+                    out.push((full.clone(), m.name.unwrap_or_default()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Records `tributary_grpc_server_*` for each call and runs it inside a server
+/// span whose parent is the trace context the client sent.
+#[derive(Clone)]
+pub struct TelemetryLayer {
+    metrics: Arc<GrpcServerMetrics>,
+}
+
+impl TelemetryLayer {
+    pub fn new(metrics: GrpcServerMetrics) -> Self {
+        Self {
+            metrics: Arc::new(metrics),
+        }
+    }
+}
+
+impl<S> Layer<S> for TelemetryLayer {
+    type Service = TelemetryService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TelemetryService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TelemetryService<S> {
+    inner: S,
+    metrics: Arc<GrpcServerMetrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for TelemetryService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = http::Response<RecordedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        // The clone that was driven to readiness serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (service, method) = split_path(req.uri().path());
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(crate::trace_context::extract_from_headers(req.headers()));
+        let recorder = Recorder {
+            metrics: self.metrics.clone(),
+            service,
+            method,
+            start: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+        Box::pin(
+            async move {
+                let response = inner.call(req).await?;
+                // Trailers-only responses (every unary error) carry the
+                // status in the headers; otherwise it comes in the trailers.
+                let header_code = grpc_status(response.headers());
+                let (parts, body) = response.into_parts();
+                let mut body = RecordedBody {
+                    inner: body,
+                    recorder: Some(recorder),
+                };
+                if let Some(code) = header_code
+                    && let Some(r) = body.recorder.as_mut()
+                {
+                    r.finish(code);
+                }
+                Ok(http::Response::from_parts(parts, body))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn split_path(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default().to_owned();
+    let method = parts.next().unwrap_or_default().to_owned();
+    (service, method)
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+struct Recorder {
+    metrics: Arc<GrpcServerMetrics>,
+    service: String,
+    method: String,
+    start: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Recorder {
+    fn finish(&mut self, code: Code) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.span
+            .record("rpc.grpc.status_code", code as i32);
+        if code != Code::Ok {
+            self.span.set_status(opentelemetry::trace::Status::error(
+                crate::metrics::code_name(code),
+            ));
+        }
+        self.metrics.observe(
+            &self.service,
+            &self.method,
+            code,
+            self.start.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // The body was dropped before its trailers: the client went away.
+        self.finish(Code::Cancelled);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call when its trailers (or its end)
+    /// go out, so streaming calls are measured to their last message.
+    pub struct RecordedBody<B> {
+        #[pin]
+        inner: B,
+        recorder: Option<Recorder>,
+    }
+}
+
+impl<B: Body> Body for RecordedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(r) = this.recorder.as_mut()
+                {
+                    r.finish(grpc_status(trailers).unwrap_or(Code::Unknown));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(r) = this.recorder.as_mut() {
+                    r.finish(Code::Internal);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(r) = this.recorder.as_mut() {
+                    r.finish(Code::Ok);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_grpc_paths() {
+        assert_eq!(
+            split_path("/tributary.v1.IngestService/Publish"),
+            ("tributary.v1.IngestService".into(), "Publish".into())
+        );
+    }
+
+    #[test]
+    fn lists_methods_from_the_descriptor_set() {
+        let methods: Vec<String> = methods_of("tributary.v1.IngestService")
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(methods, ["Publish", "PublishBatch", "PublishStream"]);
+    }
+}
+
+/// Keeps gRPC health in step with readiness (dependencies answer, topics
+/// exist), so Kubernetes' gRPC probes and load balancers see the truth.
+/// Re-checks every 5 s while ready and every 0.5 s while not.
+pub async fn watch_health(
+    health: HealthReporter,
+    services: &'static [&'static str],
+    ready: crate::http::ReadinessCheck,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let now = ready().await;
+        let serving = now.is_ok();
+        if last != Some(serving) && !token.is_cancelled() {
+            match &now {
+                Ok(()) => tracing::info!("ready"),
+                Err(why) => tracing::warn!(why = %why, "not ready"),
+            }
+            set_health(&health, services, serving).await;
+            last = Some(serving);
+        }
+        let pause = if serving {
+            std::time::Duration::from_secs(5)
+        } else {
+            std::time::Duration::from_millis(500)
+        };
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The processor: consumes `tributary.events` in batches and stores each
+//! event exactly once in PostgreSQL; poison records go to the dead-letter
+//! topic and table. Serves health and reflection on its own gRPC port.
+
+mod config;
+mod decode;
+mod metrics;
+mod pipeline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use rdkafka::consumer::Consumer as _;
+use tributary_kafka::consumer::{self, ConsumerSettings};
+use tributary_kafka::producer::{Producer, ProducerSettings};
+use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_store::{Pool, PoolConfig};
+
+pub use config::Config;
+
+/// Health names the processor as this (it has no gRPC API of its own).
+pub const HEALTH_NAME: &str = "tributary.v1.Processor";
+
+pub struct Processor {
+    config: Config,
+    grpc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    registry: Registry,
+    pool: Pool,
+    consumer: Arc<consumer::Consumer>,
+    dlq: Producer,
+    metrics: metrics::ProcessorMetrics,
+}
+
+impl Processor {
+    /// Binds both ports, builds the pool, the consumer and the DLQ producer.
+    /// Neither PostgreSQL nor the broker needs to be up yet.
+    pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
+        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
+        let http = http::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        tributary_platform::metrics::register_build_info(&registry, "processor")?;
+        let pool = tributary_store::pool::build(&PoolConfig::new(&config.database_url))?;
+        tributary_store::pool::register_metrics(&registry, &pool)?;
+        let consumer = consumer::build(
+            &config.kafka,
+            &ConsumerSettings {
+                group: config.group.clone(),
+                session_timeout: Duration::from_secs(10),
+                auto_commit_interval: Duration::from_secs(1),
+            },
+        )?;
+        let dlq = Producer::new(&config.kafka, &ProducerSettings::default(), &registry)?;
+        let metrics = metrics::ProcessorMetrics::register(&registry)?;
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            registry,
+            pool,
+            consumer: Arc::new(consumer),
+            dlq,
+            metrics,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.http_addr)
+    }
+
+    /// Consumes until `shutdown` resolves, then finishes (or abandons, if
+    /// PostgreSQL is down) the batch in hand and commits stored offsets.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let token = shutdown::token_from(shutdown);
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let services: &'static [&'static str] = &[HEALTH_NAME];
+        let standard = pgrpc::standard(services).await?;
+        let grpc_metrics = tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
+
+        let readiness = readiness(
+            self.pool.clone(),
+            self.consumer.clone(),
+            vec![self.config.kafka.topic.clone(), self.config.kafka.dlq_topic.clone()],
+        );
+        let http_task = tokio::spawn(http::serve(
+            self.http,
+            self.registry.clone(),
+            readiness.clone(),
+            token.clone(),
+        ));
+        let health_task = tokio::spawn(pgrpc::watch_health(
+            standard.health.clone(),
+            services,
+            readiness,
+            token.clone(),
+        ));
+        let grace = self.config.shutdown.shutdown_grace;
+        let grpc_task = tokio::spawn(pgrpc::serve(
+            self.grpc,
+            standard.routes.routes(),
+            grpc_metrics,
+            token.clone(),
+            grace,
+        ));
+
+        self.consumer
+            .subscribe(&[self.config.kafka.topic.as_str()])
+            .with_context(|| format!("cannot subscribe to {}", self.config.kafka.topic))?;
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, group = %self.config.group, "processor consuming");
+        let pipeline = pipeline::Pipeline {
+            consumer: self.consumer.clone(),
+            pool: self.pool.clone(),
+            dlq: self.dlq.clone(),
+            dlq_topic: self.config.kafka.dlq_topic.clone(),
+            batch_size: self.config.batch_size as usize,
+            batch_timeout: self.config.batch_timeout,
+            max_backoff: self.config.max_backoff,
+            metrics: self.metrics.clone(),
+        };
+        pipeline.run(token.clone()).await;
+
+        token.cancel();
+        pgrpc::set_health(&standard.health, services, false).await;
+        health_task.abort();
+        if let Ok(Err(e)) = grpc_task.await {
+            tracing::warn!(error = %e, "gRPC port stopped with an error");
+        }
+        if let Ok(Err(e)) = http_task.await {
+            tracing::warn!(error = %e, "HTTP port stopped with an error");
+        }
+        let dlq = self.dlq.clone();
+        let _ = tokio::task::spawn_blocking(move || dlq.flush(Duration::from_secs(5))).await;
+        Ok(())
+    }
+}
+
+/// Ready when PostgreSQL answers and both topics exist.
+fn readiness(
+    pool: Pool,
+    consumer: Arc<consumer::Consumer>,
+    topics: Vec<String>,
+) -> http::ReadinessCheck {
+    Arc::new(move || {
+        let pool = pool.clone();
+        let consumer = consumer.clone();
+        let topics = topics.clone();
+        Box::pin(async move {
+            tributary_store::pool::ping(&pool)
+                .await
+                .map_err(|e| format!("postgresql: {e}"))?;
+            tokio::task::spawn_blocking(move || {
+                for topic in &topics {
+                    tributary_kafka::admin::partition_count(
+                        consumer.client(),
+                        topic,
+                        Duration::from_secs(2),
+                    )
+                    .map_err(|e| format!("kafka: {e}"))?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| format!("readiness task: {e}"))?
+        })
+    })
+}

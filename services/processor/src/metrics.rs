@@ -1,0 +1,61 @@
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Registry};
+use tributary_platform::metrics::{LATENCY_BUCKETS, MetricsResult, counter_vec};
+
+#[derive(Clone)]
+pub struct ProcessorMetrics {
+    events: IntCounterVec,
+    pub batch_size: Histogram,
+    pub batch_duration: Histogram,
+    pub ingest_to_persist: Histogram,
+}
+
+impl ProcessorMetrics {
+    pub fn register(registry: &Registry) -> MetricsResult<Self> {
+        let events = counter_vec(
+            registry,
+            "tributary_processor_events_total",
+            "Records handled: persisted (a new row), duplicate (already stored) or dead_lettered",
+            &["result"],
+        )?;
+        for r in ["persisted", "duplicate", "dead_lettered"] {
+            let _ = events.with_label_values(&[r]);
+        }
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> MetricsResult<Histogram> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        Ok(Self {
+            events,
+            batch_size: histogram(
+                "tributary_processor_batch_size",
+                "Records per batch",
+                vec![1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
+            )?,
+            batch_duration: histogram(
+                "tributary_processor_batch_duration_seconds",
+                "Time to store a batch (DLQ produce, transaction, offset store), retries included",
+                LATENCY_BUCKETS.to_vec(),
+            )?,
+            ingest_to_persist: histogram(
+                "tributary_pipeline_ingest_to_persist_seconds",
+                "From ingest receiving an event to its row being committed",
+                LATENCY_BUCKETS.to_vec(),
+            )?,
+        })
+    }
+
+    pub fn persisted(&self, n: usize) {
+        self.events.with_label_values(&["persisted"]).inc_by(n as u64);
+    }
+
+    pub fn duplicates(&self, n: usize) {
+        self.events.with_label_values(&["duplicate"]).inc_by(n as u64);
+    }
+
+    pub fn dead_lettered(&self, n: usize) {
+        self.events
+            .with_label_values(&["dead_lettered"])
+            .inc_by(n as u64);
+    }
+}

@@ -1,0 +1,329 @@
+//! The consume → store → commit loop.
+//!
+//! At-least-once: a batch's offsets are stored only after its rows (and its
+//! dead letters) are committed, so a crash re-delivers rather than loses.
+//! Exactly-once rows: the insert ignores event ids already stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::SpanContext;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tributary_kafka::consumer::Consumer;
+use tributary_kafka::producer::{Producer, Record};
+use tributary_platform::shutdown::CancellationToken;
+use tributary_store::Pool;
+use tributary_store::events::{self, NewDeadLetter, NewEvent};
+
+use crate::decode::{self, Decoded};
+use crate::metrics::ProcessorMetrics;
+
+pub struct Pipeline {
+    pub consumer: Arc<Consumer>,
+    pub pool: Pool,
+    pub dlq: Producer,
+    pub dlq_topic: String,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub max_backoff: Duration,
+    pub metrics: ProcessorMetrics,
+}
+
+/// Why storing a batch stopped short.
+enum Interrupted {
+    Shutdown,
+}
+
+impl Pipeline {
+    /// Runs until `token` is cancelled; then commits what was stored.
+    pub async fn run(self, token: CancellationToken) {
+        loop {
+            let batch = tokio::select! {
+                () = token.cancelled() => break,
+                batch = self.next_batch() => batch,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            match self.store_batch(&batch, &token).await {
+                Ok(()) => self.store_offsets(&batch),
+                Err(Interrupted::Shutdown) => break,
+            }
+        }
+        // Stored offsets are committed now rather than at the next
+        // auto-commit tick, so a restart resumes exactly after the last batch.
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("offsets committed at shutdown"),
+            // NoOffset: nothing was stored since the last commit.
+            Err(e) => tracing::info!(error = %e, "no offsets committed at shutdown"),
+        }
+    }
+
+    /// Waits for a first record, then collects more until the batch is full
+    /// or `batch_timeout` has passed since the first.
+    async fn next_batch(&self) -> Vec<OwnedMessage> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        match self.consumer.recv().await {
+            Ok(m) => batch.push(m.detach()),
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return batch;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.batch_timeout;
+        while batch.len() < self.batch_size {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    break;
+                }
+                Err(_elapsed) => break,
+            }
+        }
+        batch
+    }
+
+    /// Stores one batch, retrying with backoff while PostgreSQL or the DLQ
+    /// is unavailable. Returns only when everything is committed, or on
+    /// shutdown (then nothing of the batch counts as done).
+    async fn store_batch(
+        &self,
+        batch: &[OwnedMessage],
+        token: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let start = Instant::now();
+        let mut rows: Vec<NewEvent> = Vec::with_capacity(batch.len());
+        let mut links: Vec<SpanContext> = Vec::new();
+        let mut poison: Vec<NewDeadLetter> = Vec::new();
+        for message in batch {
+            match decode::decode(message) {
+                Decoded::Event(e) => {
+                    links.extend(e.parent);
+                    rows.push(e.row);
+                }
+                Decoded::Poison(d) => poison.push(*d),
+            }
+        }
+
+        // The batch span starts its own trace and links to each producer span
+        // (OpenTelemetry messaging conventions for batch receive).
+        let span = tracing::info_span!(
+            parent: None,
+            "processor.batch",
+            otel.name = "process tributary.events",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.batch.message_count = batch.len(),
+        );
+        for link in links {
+            span.add_link(link);
+        }
+
+        let mut attempt: u32 = 0;
+        let outcome = loop {
+            let result = self
+                .try_store(&rows, &poison, batch)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    attempt += 1;
+                    let pause = backoff(attempt, self.max_backoff);
+                    tracing::warn!(attempt, error = %e, retry_in = ?pause, "storing a batch failed; offsets not advanced");
+                    tokio::select! {
+                        () = token.cancelled() => return Err(Interrupted::Shutdown),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        };
+
+        let committed_at = SystemTime::now();
+        for row in rows.iter().filter(|r| outcome.inserted.contains(&r.event_id)) {
+            if let Ok(d) = committed_at.duration_since(row.received_at) {
+                self.metrics.ingest_to_persist.observe(d.as_secs_f64());
+            }
+        }
+        self.metrics.persisted(outcome.inserted.len());
+        self.metrics
+            .duplicates(rows.len().saturating_sub(outcome.inserted.len() + outcome.refused));
+        self.metrics.dead_lettered(poison.len() + outcome.refused);
+        self.metrics.batch_size.observe(batch.len() as f64);
+        self.metrics
+            .batch_duration
+            .observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// One attempt: dead letters to the DLQ topic (acked), then one
+    /// transaction with the rows and the dead-letter rows.
+    async fn try_store(
+        &self,
+        rows: &[NewEvent],
+        poison: &[NewDeadLetter],
+        batch: &[OwnedMessage],
+    ) -> Result<Stored, StoreFailure> {
+        self.publish_dead_letters(poison).await?;
+        match self.insert(rows, poison).await {
+            Ok(inserted) => Ok(Stored {
+                inserted,
+                refused: 0,
+            }),
+            Err(e) if e.is_data_error() => {
+                // One row the database refuses (data it cannot hold) must
+                // not block the partition: isolate it, row by row.
+                tracing::warn!(error = %e, "batch refused by the database; storing row by row");
+                self.store_row_by_row(rows, batch).await
+            }
+            Err(e) => Err(StoreFailure::Db(e)),
+        }
+    }
+
+    async fn insert(
+        &self,
+        rows: &[NewEvent],
+        poison: &[NewDeadLetter],
+    ) -> Result<std::collections::HashSet<String>, tributary_store::StoreError> {
+        let span = tracing::info_span!(
+            "postgres.insert",
+            otel.name = "INSERT events",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "events",
+            db.operation.batch.size = rows.len(),
+        );
+        async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let inserted = events::insert_events(&tx, rows).await?;
+            events::insert_dead_letters(&tx, poison).await?;
+            tx.commit().await?;
+            Ok(inserted.into_iter().collect())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn store_row_by_row(
+        &self,
+        rows: &[NewEvent],
+        batch: &[OwnedMessage],
+    ) -> Result<Stored, StoreFailure> {
+        let mut stored = Stored {
+            inserted: Default::default(),
+            refused: 0,
+        };
+        for row in rows {
+            match self.insert(std::slice::from_ref(row), &[]).await {
+                Ok(ids) => stored.inserted.extend(ids),
+                Err(e) if e.is_data_error() => {
+                    let Some(message) = batch
+                        .iter()
+                        .find(|m| m.partition() == row.partition && m.offset() == row.offset)
+                    else {
+                        return Err(StoreFailure::Db(e));
+                    };
+                    let letter = decode::dead_letter(
+                        message,
+                        decode::rejection_for(row, format!("database refused the row: {e}")),
+                    );
+                    let letters = std::slice::from_ref(&letter);
+                    self.publish_dead_letters(letters).await?;
+                    self.insert(&[], letters).await.map_err(StoreFailure::Db)?;
+                    stored.refused += 1;
+                }
+                Err(e) => return Err(StoreFailure::Db(e)),
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn publish_dead_letters(&self, letters: &[NewDeadLetter]) -> Result<(), StoreFailure> {
+        for d in letters {
+            let partition = d.partition.to_string();
+            let offset = d.offset.to_string();
+            let mut headers: Vec<(&str, &[u8])> = d
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            headers.push(("tributary.dlq.reason", d.reason.as_bytes()));
+            headers.push(("tributary.dlq.source.topic", d.topic.as_bytes()));
+            headers.push(("tributary.dlq.source.partition", partition.as_bytes()));
+            headers.push(("tributary.dlq.source.offset", offset.as_bytes()));
+            self.dlq
+                .send(Record {
+                    topic: &self.dlq_topic,
+                    key: d.key.as_deref(),
+                    value: d.value.as_deref().unwrap_or_default(),
+                    headers: &headers,
+                })
+                .await
+                .map_err(StoreFailure::Dlq)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the batch done: the next commit resumes after its last record
+    /// in each partition.
+    fn store_offsets(&self, batch: &[OwnedMessage]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for m in batch {
+            let e = next.entry((m.topic(), m.partition())).or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in next {
+            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                tracing::warn!(error = %e, "cannot list an offset to store");
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // A partition revoked mid-batch: its new owner re-reads those
+            // records, and the idempotent insert makes that harmless.
+            tracing::info!(error = %e, "offsets not stored (partition revoked?)");
+        }
+    }
+}
+
+struct Stored {
+    inserted: std::collections::HashSet<String>,
+    /// Rows the database refused, dead-lettered instead.
+    refused: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StoreFailure {
+    #[error("postgresql: {0}")]
+    Db(tributary_store::StoreError),
+    #[error("dead-letter topic: {0}")]
+    Dlq(tributary_kafka::producer::ProduceError),
+}
+
+/// 100 ms, doubling, capped at `max`.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << attempt.min(16).saturating_sub(1));
+    Duration::from_millis(ms).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let max = Duration::from_secs(5);
+        let got: Vec<u128> = (1..=8).map(|a| backoff(a, max).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+}

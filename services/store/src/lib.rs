@@ -1,0 +1,10 @@
+//! PostgreSQL: the connection pool (with its gauges), embedded versioned
+//! migrations, and the typed queries the services run.
+
+mod error;
+pub mod events;
+pub mod migrate;
+pub mod pool;
+
+pub use error::StoreError;
+pub use pool::{Pool, PoolConfig};
