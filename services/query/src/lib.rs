@@ -1,1 +1,106 @@
-//! stub
+//! The query service: reads stored events back.
+
+mod config;
+mod grpc;
+mod page_token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_proto::service_names;
+use tributary_proto::v1::query_service_server::QueryServiceServer;
+use tributary_store::{Pool, PoolConfig};
+
+pub use config::Config;
+pub use grpc::{pointer_tokens, store_filter};
+
+pub struct Query {
+    config: Config,
+    grpc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    registry: Registry,
+    pool: Pool,
+}
+
+impl Query {
+    pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
+        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
+        let http = http::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        tributary_platform::metrics::register_build_info(&registry, "query")?;
+        let mut pool_config = PoolConfig::new(&config.database_url);
+        pool_config.max_size = config.db_pool_size.max(1);
+        let pool = tributary_store::pool::build(&pool_config)?;
+        tributary_store::pool::register_metrics(&registry, &pool)?;
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            registry,
+            pool,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.http_addr)
+    }
+
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let token = shutdown::token_from(shutdown);
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let services: &'static [&'static str] = &[service_names::QUERY];
+        let standard = pgrpc::standard(services).await?;
+        let grpc_metrics = tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
+        for (s, m) in pgrpc::methods_of(service_names::QUERY) {
+            grpc_metrics.init_method(&s, &m);
+        }
+        let pool = self.pool.clone();
+        let readiness: http::ReadinessCheck = Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                tributary_store::pool::ping(&pool)
+                    .await
+                    .map_err(|e| format!("postgresql: {e}"))
+            })
+        });
+        let http_task = tokio::spawn(http::serve(
+            self.http,
+            self.registry.clone(),
+            readiness.clone(),
+            token.clone(),
+        ));
+        let health_task = tokio::spawn(pgrpc::watch_health(
+            standard.health.clone(),
+            services,
+            readiness,
+            token.clone(),
+        ));
+        let mut routes = standard.routes;
+        routes.add_service(QueryServiceServer::new(grpc::QueryApi {
+            pool: self.pool.clone(),
+        }));
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, "query serving");
+        let grace = self.config.shutdown.shutdown_grace;
+        pgrpc::serve(self.grpc, routes.routes(), grpc_metrics, token.clone(), grace).await?;
+        token.cancel();
+        pgrpc::set_health(&standard.health, services, false).await;
+        health_task.abort();
+        if let Ok(Err(e)) = http_task.await {
+            tracing::warn!(error = %e, "HTTP port stopped with an error");
+        }
+        Ok(())
+    }
+}

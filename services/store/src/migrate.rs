@@ -79,8 +79,13 @@ async fn apply(client: &mut deadpool_postgres::Object) -> Result<Vec<&'static st
 
 /// FNV-1a 64 of the text: stable across builds and platforms.
 pub fn checksum(text: &str) -> String {
+    checksum_bytes(text.as_bytes())
+}
+
+/// FNV-1a 64 as 16 hex digits.
+pub fn checksum_bytes(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

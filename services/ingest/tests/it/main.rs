@@ -1,0 +1,197 @@
+//! Ingest against a real broker (nisshi, memory engine), called through a
+//! real tonic client.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::Headers as _;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use tributary_ingest::{Config, Ingest};
+use tributary_kafka::KafkaArgs;
+use tributary_proto::v1::ingest_service_client::IngestServiceClient;
+use tributary_proto::v1::{Event, EventEnvelope, PublishBatchRequest, PublishRequest};
+use tributary_testkit::{TestBroker, free_port, suffix};
+
+type Client = IngestServiceClient<tonic::transport::Channel>;
+
+async fn start(kafka: &KafkaArgs, extra: &[&str]) -> (Client, CancellationToken) {
+    let mut args = vec![
+        "tributary-ingest".to_owned(),
+        "--grpc-addr=127.0.0.1:0".into(),
+        "--http-addr=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", kafka.kafka_brokers),
+        format!("--topic={}", kafka.topic),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let config = <Config as clap::Parser>::parse_from(args);
+    let ingest = Ingest::build(config, prometheus::Registry::new()).await.unwrap();
+    let addr = ingest.grpc_addr();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(ingest.run(async move { stop.cancelled().await }));
+    let client = IngestServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    (client, token)
+}
+
+fn event(event_type: &str, user: &str) -> Event {
+    Event {
+        event_type: event_type.into(),
+        user_id: user.into(),
+        payload: Some(tributary_proto::json::json_to_struct(
+            serde_json::json!({"page": "/home", "n": 3}).as_object().cloned().unwrap(),
+        )),
+        ..Default::default()
+    }
+}
+
+async fn setup() -> (TestBroker, KafkaArgs) {
+    let broker = TestBroker::start().await.unwrap();
+    let kafka = broker.kafka_args(&suffix());
+    broker.create_topics(&kafka, 2).await.unwrap();
+    (broker, kafka)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_acks_only_what_the_broker_holds() {
+    let (_broker, kafka) = setup().await;
+    let (mut client, token) = start(&kafka, &[]).await;
+
+    let id = client
+        .publish(PublishRequest {
+            event: Some(event("page.view", "user-7")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .event_id;
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+
+    // What the broker holds is the envelope, keyed by user, with a traceparent.
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .unwrap()
+        .set("group.id", format!("read-{}", suffix()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&kafka.topic]).unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.key(), Some(&b"user-7"[..]));
+    let envelope = EventEnvelope::decode(record.payload().unwrap()).unwrap();
+    let e = envelope.event.unwrap();
+    assert_eq!((e.event_id.as_str(), e.event_type.as_str()), (id.as_str(), "page.view"));
+    assert_eq!(envelope.payload_json, r#"{"n":3,"page":"/home"}"#);
+    assert!(e.occurred_at.is_some() && envelope.received_at.is_some());
+    let trace_id = envelope.ingest.unwrap().trace_id;
+    assert_eq!(trace_id.len(), 32);
+    let traceparent = record
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap();
+    assert!(traceparent.contains(&trace_id), "{traceparent} vs {trace_id}");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_are_refused_with_field_violations() {
+    let (_broker, kafka) = setup().await;
+    let (mut client, token) = start(&kafka, &[]).await;
+
+    let status = client
+        .publish(PublishRequest {
+            event: Some(event("Not Valid", "u")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(violations[0].field, "event.event_type");
+
+    // A batch with a bad event is OK overall, with a status per event.
+    let response = client
+        .publish_batch(PublishBatchRequest {
+            events: vec![event("a", "u1"), event("", "u2"), event("b", "u3")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((response.accepted, response.rejected), (2, 1));
+    let codes: Vec<i32> = response
+        .results
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
+    assert_eq!(codes, [0, Code::InvalidArgument as i32, 0]);
+    assert!(response.results[1].status.as_ref().unwrap().message.contains("events[1].event_type"));
+
+    // Over 1000 events: the whole batch is refused by our limit, not tonic's.
+    let status = client
+        .publish_batch(PublishBatchRequest {
+            events: vec![event("a", "u"); 1001],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("limit is 1000"), "{}", status.message());
+
+    // A stream: the bad event gets its own result and the stream goes on.
+    let requests = vec![
+        PublishRequest { event: Some(event("a", "u")) },
+        PublishRequest { event: Some(event("9bad", "u")) },
+        PublishRequest { event: Some(event("c", "u")) },
+    ];
+    let mut results: Vec<(i32, i32)> = Vec::new();
+    let mut stream = client
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(r) = stream.message().await.unwrap() {
+        results.push((r.index, r.status.unwrap().code));
+    }
+    results.sort_unstable();
+    assert_eq!(results, [(0, 0), (1, Code::InvalidArgument as i32), (2, 0)]);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheds_load_and_reports_an_unreachable_broker() {
+    let (_broker, kafka) = setup().await;
+    // No in-flight room at all: every publish is shed.
+    let (mut shedding, t1) = start(&kafka, &["--max-in-flight-events=0"]).await;
+    let status = shedding
+        .publish(PublishRequest { event: Some(event("a", "u")) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    t1.cancel();
+
+    // Nothing listens on this port: the ack never comes.
+    let mut nowhere = kafka.clone();
+    nowhere.kafka_brokers = format!("127.0.0.1:{}", free_port().unwrap());
+    let (mut client, t2) = start(&nowhere, &["--produce-timeout=1s"]).await;
+    let status = client
+        .publish(PublishRequest { event: Some(event("a", "u")) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = client
+        .publish_batch(PublishBatchRequest { events: vec![event("a", "u"), event("b", "u")] })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    t2.cancel();
+}
