@@ -63,7 +63,11 @@ struct MigrateArgs {
 
 #[derive(Debug, clap::Args)]
 struct ProduceRawArgs {
-    #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "TRIBUTARY_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     kafka_brokers: String,
     /// Target topic (it must exist).
     #[arg(long)]
@@ -72,7 +76,11 @@ struct ProduceRawArgs {
     #[arg(long)]
     key: Option<String>,
     /// Record value as UTF-8 text.
-    #[arg(long, conflicts_with = "value_hex", required_unless_present = "value_hex")]
+    #[arg(
+        long,
+        conflicts_with = "value_hex",
+        required_unless_present = "value_hex"
+    )]
     value: Option<String>,
     /// Record value as hex digits.
     #[arg(long)]
@@ -191,7 +199,7 @@ fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
     if !s.is_ascii() {
         bail!("--value-hex must hold only hex digits");
     }
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("--value-hex has an odd number of digits");
     }
     (0..s.len())

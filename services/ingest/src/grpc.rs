@@ -220,7 +220,8 @@ impl IngestService for IngestApi {
             })
             .collect();
         let valid = prepared.iter().filter(|p| p.is_ok()).count();
-        self.metrics.rejected(Rejection::Invalid, (n - valid) as u64);
+        self.metrics
+            .rejected(Rejection::Invalid, (n - valid) as u64);
         let _permit = if valid > 0 {
             Some(self.try_reserve(valid)?)
         } else {
@@ -235,8 +236,8 @@ impl IngestService for IngestApi {
         }))
         .await;
 
-        let mut accepted = 0;
-        let mut unavailable = 0;
+        let mut accepted: usize = 0;
+        let mut unavailable: usize = 0;
         let results: Vec<PublishResult> = outcomes
             .iter()
             .zip(&prepared)

@@ -88,7 +88,8 @@ impl Ingest {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let services: &'static [&'static str] = &[service_names::INGEST];
         let standard = pgrpc::standard(services).await?;
-        let grpc_metrics = tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
+        let grpc_metrics =
+            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
         for (s, m) in pgrpc::methods_of(service_names::INGEST) {
             grpc_metrics.init_method(&s, &m);
         }
@@ -125,7 +126,14 @@ impl Ingest {
         );
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "ingest serving");
         let grace = self.config.shutdown.shutdown_grace;
-        pgrpc::serve(self.grpc, routes.routes(), grpc_metrics, token.clone(), grace).await?;
+        pgrpc::serve(
+            self.grpc,
+            routes.routes(),
+            grpc_metrics,
+            token.clone(),
+            grace,
+        )
+        .await?;
         token.cancel();
         pgrpc::set_health(&standard.health, services, false).await;
         let producer = self.producer.clone();

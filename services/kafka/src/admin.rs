@@ -22,7 +22,9 @@ pub fn client(args: &KafkaArgs) -> Result<Admin, KafkaError> {
 pub enum TopicOutcome {
     Created,
     /// It existed with this many partitions (possibly not the requested count).
-    Existed { partitions: i32 },
+    Existed {
+        partitions: i32,
+    },
 }
 
 /// Creates `topic` with `partitions` unless it exists.
@@ -36,22 +38,18 @@ pub async fn ensure_topic(
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
     let results = admin.create_topics([&new], &options).await?;
-    for result in results {
-        match result {
-            Ok(_) => return Ok(TopicOutcome::Created),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                let partitions = partition_count(admin.inner(), topic, timeout)?;
-                return Ok(TopicOutcome::Existed { partitions });
-            }
-            Err((name, code)) => {
-                return Err(KafkaError::CreateTopic {
-                    topic: name,
-                    reason: code.to_string(),
-                });
-            }
+    // One topic asked, one result.
+    match results.into_iter().next() {
+        None | Some(Ok(_)) => Ok(TopicOutcome::Created),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+            let partitions = partition_count(admin.inner(), topic, timeout)?;
+            Ok(TopicOutcome::Existed { partitions })
         }
+        Some(Err((name, code))) => Err(KafkaError::CreateTopic {
+            topic: name,
+            reason: code.to_string(),
+        }),
     }
-    Ok(TopicOutcome::Created)
 }
 
 /// The partition count of `topic` (blocking: run off the async threads).

@@ -7,11 +7,19 @@ use crate::KafkaError;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers, comma-separated.
-    #[arg(long, env = "TRIBUTARY_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "TRIBUTARY_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_brokers: String,
     /// Extra librdkafka settings as KEY=VALUE (repeatable; in the environment,
     /// comma-separated).
-    #[arg(long = "kafka-option", env = "TRIBUTARY_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-option",
+        env = "TRIBUTARY_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
     pub kafka_options: Vec<String>,
     /// The events topic.
     #[arg(long, env = "TRIBUTARY_TOPIC", default_value = crate::EVENTS_TOPIC)]

@@ -113,21 +113,15 @@ impl Producer {
                 "Time from handing a record to the producer to the broker's ack",
             )
             .buckets(crate_buckets()),
-        )
-        ?;
-        registry
-            .register(Box::new(duration.clone()))
-            ?;
-        registry
-            .register(Box::new(QueueCollector {
-                producer: inner.clone(),
-                gauge: IntGauge::new(
-                    "tributary_kafka_producer_queue_messages",
-                    "Records handed to the producer and not yet acknowledged",
-                )
-                ?,
-            }))
-            ?;
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(QueueCollector {
+            producer: inner.clone(),
+            gauge: IntGauge::new(
+                "tributary_kafka_producer_queue_messages",
+                "Records handed to the producer and not yet acknowledged",
+            )?,
+        }))?;
         Ok(Self { inner, duration })
     }
 
@@ -176,8 +170,10 @@ impl Producer {
     pub async fn check_topic(&self, topic: &str, timeout: Duration) -> Result<i32, KafkaError> {
         let producer = self.inner.clone();
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || crate::admin::partition_count(producer.client(), &topic, timeout))
-            .await?
+        tokio::task::spawn_blocking(move || {
+            crate::admin::partition_count(producer.client(), &topic, timeout)
+        })
+        .await?
     }
 }
 
@@ -186,7 +182,6 @@ fn crate_buckets() -> Vec<f64> {
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ]
 }
-
 
 struct QueueCollector {
     producer: FutureProducer,

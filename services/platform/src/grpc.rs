@@ -33,9 +33,13 @@ pub struct ReflectionError(#[from] tonic_reflection::server::Error);
 /// says otherwise) and reflection over our descriptor set and health's.
 pub async fn standard(services: &[&str]) -> Result<Standard, ReflectionError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     for name in services {
-        health.set_service_status(name, ServingStatus::NotServing).await;
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
     }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -241,8 +245,7 @@ impl Recorder {
             return;
         }
         self.done = true;
-        self.span
-            .record("rpc.grpc.status_code", code as i32);
+        self.span.record("rpc.grpc.status_code", code as i32);
         if code != Code::Ok {
             self.span.set_status(opentelemetry::trace::Status::error(
                 crate::metrics::code_name(code),
@@ -316,28 +319,6 @@ impl<B: Body> Body for RecordedBody<B> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_grpc_paths() {
-        assert_eq!(
-            split_path("/tributary.v1.IngestService/Publish"),
-            ("tributary.v1.IngestService".into(), "Publish".into())
-        );
-    }
-
-    #[test]
-    fn lists_methods_from_the_descriptor_set() {
-        let methods: Vec<String> = methods_of("tributary.v1.IngestService")
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect();
-        assert_eq!(methods, ["Publish", "PublishBatch", "PublishStream"]);
-    }
-}
-
 /// Keeps gRPC health in step with readiness (dependencies answer, topics
 /// exist), so Kubernetes' gRPC probes and load balancers see the truth.
 /// Re-checks every 5 s while ready and every 0.5 s while not.
@@ -368,5 +349,27 @@ pub async fn watch_health(
             () = token.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_grpc_paths() {
+        assert_eq!(
+            split_path("/tributary.v1.IngestService/Publish"),
+            ("tributary.v1.IngestService".into(), "Publish".into())
+        );
+    }
+
+    #[test]
+    fn lists_methods_from_the_descriptor_set() {
+        let methods: Vec<String> = methods_of("tributary.v1.IngestService")
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(methods, ["Publish", "PublishBatch", "PublishStream"]);
     }
 }

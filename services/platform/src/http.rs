@@ -14,8 +14,9 @@ use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
 /// Answers whether the service can do its work now; `Err` says why not.
-pub type ReadinessCheck =
-    Arc<dyn Fn() -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type ReadinessCheck = Arc<
+    dyn Fn() -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
 
 #[derive(Clone)]
 struct AppState {
@@ -64,10 +65,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        );
     }
     match (state.ready)().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }

@@ -33,7 +33,9 @@ pub async fn signal() {
 
 /// A token cancelled when `shutdown` resolves, for the parts of a service that
 /// need to observe it (server, consumer loop, HTTP port).
-pub fn token_from(shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> CancellationToken {
+pub fn token_from(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CancellationToken {
     let token = CancellationToken::new();
     let child = token.clone();
     tokio::spawn(async move {

@@ -79,7 +79,10 @@ pub fn tracer_provider(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = Resource::builder()
         .with_service_name(format!("tributary-{service}"))
-        .with_attribute(opentelemetry::KeyValue::new("service.version", crate::VERSION))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            crate::VERSION,
+        ))
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = otlp_endpoint {

@@ -54,7 +54,9 @@ impl Injector for PairInjector {
 }
 
 /// Extracts a context from key/value pairs (e.g. Kafka record headers).
-pub fn extract_from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> opentelemetry::Context {
+pub fn extract_from_pairs<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> opentelemetry::Context {
     let map: std::collections::HashMap<String, String> = pairs
         .into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))

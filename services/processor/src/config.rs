@@ -24,7 +24,11 @@ pub struct Config {
     )]
     pub database_url: String,
     /// Consumer group id.
-    #[arg(long, env = "TRIBUTARY_CONSUMER_GROUP", default_value = "tributary-processor")]
+    #[arg(
+        long,
+        env = "TRIBUTARY_CONSUMER_GROUP",
+        default_value = "tributary-processor"
+    )]
     pub group: String,
     /// Most records stored in one transaction.
     #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 1000,

@@ -76,7 +76,10 @@ fn decode_event(message: &OwnedMessage) -> Result<DecodedEvent, Rejection> {
         ));
     }
     if event.event_id.is_empty() {
-        return Err(identify("event_id is required in the envelope".into(), &event));
+        return Err(identify(
+            "event_id is required in the envelope".into(),
+            &event,
+        ));
     }
     let received_at = envelope
         .received_at
@@ -88,12 +91,8 @@ fn decode_event(message: &OwnedMessage) -> Result<DecodedEvent, Rejection> {
     // The payload travels as JSON text; check the event's other fields with
     // the same rules ingest applies, judged at the time ingest received it.
     event.payload = None;
-    let valid = validate::validate_event(&event, "event", received_at).map_err(|violations| {
-        identify(
-            tributary_platform::status::summary(&violations),
-            &event,
-        )
-    })?;
+    let valid = validate::validate_event(&event, "event", received_at)
+        .map_err(|violations| identify(tributary_platform::status::summary(&violations), &event))?;
     check_payload(&envelope.payload_json).map_err(|why| identify(why, &event))?;
     let occurred_at = SystemTime::try_from(valid.occurred_at)
         .map_err(|e| identify(format!("event.occurred_at: {e}"), &event))?;
@@ -126,8 +125,8 @@ fn check_payload(text: &str) -> Result<(), String> {
             text.len()
         ));
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("event.payload: is not valid JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("event.payload: is not valid JSON: {e}"))?;
     if !value.is_object() {
         return Err("event.payload: must be a JSON object".into());
     }
@@ -197,7 +196,15 @@ mod tests {
     use rdkafka::Timestamp;
 
     fn record(value: Option<Vec<u8>>) -> OwnedMessage {
-        OwnedMessage::new(value, Some(b"k".to_vec()), "t".into(), Timestamp::NotAvailable, 3, 42, None)
+        OwnedMessage::new(
+            value,
+            Some(b"k".to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            3,
+            42,
+            None,
+        )
     }
 
     fn envelope(event_type: &str, payload_json: &str) -> Vec<u8> {
@@ -236,8 +243,10 @@ mod tests {
     #[test]
     fn poison_is_named() {
         assert_eq!(reason(decode(&record(None))), "record has no value");
-        assert!(reason(decode(&record(Some(b"\xff\xff garbage".to_vec()))))
-            .starts_with("value is not a tributary.v1.EventEnvelope"));
+        assert!(
+            reason(decode(&record(Some(b"\xff\xff garbage".to_vec()))))
+                .starts_with("value is not a tributary.v1.EventEnvelope")
+        );
         assert!(reason(decode(&record(Some(envelope("Bad", "{}"))))).contains("event.event_type"));
         assert_eq!(
             reason(decode(&record(Some(envelope("a", "[1]"))))),

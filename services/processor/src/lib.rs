@@ -88,12 +88,16 @@ impl Processor {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let services: &'static [&'static str] = &[HEALTH_NAME];
         let standard = pgrpc::standard(services).await?;
-        let grpc_metrics = tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
+        let grpc_metrics =
+            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
 
         let readiness = readiness(
             self.pool.clone(),
             self.consumer.clone(),
-            vec![self.config.kafka.topic.clone(), self.config.kafka.dlq_topic.clone()],
+            vec![
+                self.config.kafka.topic.clone(),
+                self.config.kafka.dlq_topic.clone(),
+            ],
         );
         let http_task = tokio::spawn(http::serve(
             self.http,

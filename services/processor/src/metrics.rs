@@ -30,7 +30,9 @@ impl ProcessorMetrics {
             batch_size: histogram(
                 "tributary_processor_batch_size",
                 "Records per batch",
-                vec![1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
+                vec![
+                    1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                ],
             )?,
             batch_duration: histogram(
                 "tributary_processor_batch_duration_seconds",
@@ -46,11 +48,15 @@ impl ProcessorMetrics {
     }
 
     pub fn persisted(&self, n: usize) {
-        self.events.with_label_values(&["persisted"]).inc_by(n as u64);
+        self.events
+            .with_label_values(&["persisted"])
+            .inc_by(n as u64);
     }
 
     pub fn duplicates(&self, n: usize) {
-        self.events.with_label_values(&["duplicate"]).inc_by(n as u64);
+        self.events
+            .with_label_values(&["duplicate"])
+            .inc_by(n as u64);
     }
 
     pub fn dead_lettered(&self, n: usize) {

@@ -148,14 +148,19 @@ impl Pipeline {
         };
 
         let committed_at = SystemTime::now();
-        for row in rows.iter().filter(|r| outcome.inserted.contains(&r.event_id)) {
+        for row in rows
+            .iter()
+            .filter(|r| outcome.inserted.contains(&r.event_id))
+        {
             if let Ok(d) = committed_at.duration_since(row.received_at) {
                 self.metrics.ingest_to_persist.observe(d.as_secs_f64());
             }
         }
         self.metrics.persisted(outcome.inserted.len());
-        self.metrics
-            .duplicates(rows.len().saturating_sub(outcome.inserted.len() + outcome.refused));
+        self.metrics.duplicates(
+            rows.len()
+                .saturating_sub(outcome.inserted.len() + outcome.refused),
+        );
         self.metrics.dead_lettered(poison.len() + outcome.refused);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics

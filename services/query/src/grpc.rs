@@ -152,18 +152,19 @@ impl QueryService for QueryApi {
 /// containment documents (`/a/b = 1` → `{"a":{"b":1}}`).
 pub fn store_filter(filter: &EventFilter) -> Result<events::EventFilter, Status> {
     let mut violations = Vec::new();
-    let time = |field: &str, ts: &Option<prost_types::Timestamp>, violations: &mut Vec<FieldViolation>| {
-        ts.as_ref().and_then(|t| match SystemTime::try_from(*t) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                violations.push(FieldViolation {
-                    field: format!("filter.{field}"),
-                    description: format!("is not a valid timestamp: {e}"),
-                });
-                None
-            }
-        })
-    };
+    let time =
+        |field: &str, ts: &Option<prost_types::Timestamp>, violations: &mut Vec<FieldViolation>| {
+            ts.as_ref().and_then(|t| match SystemTime::try_from(*t) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    violations.push(FieldViolation {
+                        field: format!("filter.{field}"),
+                        description: format!("is not a valid timestamp: {e}"),
+                    });
+                    None
+                }
+            })
+        };
     let occurred_after = time("occurred_after", &filter.occurred_after, &mut violations);
     let occurred_before = time("occurred_before", &filter.occurred_before, &mut violations);
     let mut payload_contains = Vec::with_capacity(filter.payload_matches.len());
@@ -279,7 +280,10 @@ mod tests {
 
     #[test]
     fn pointers_unescape_and_nest() {
-        assert_eq!(pointer_tokens("/a~1b/c~0d"), Ok(vec!["a/b".into(), "c~d".into()]));
+        assert_eq!(
+            pointer_tokens("/a~1b/c~0d"),
+            Ok(vec!["a/b".into(), "c~d".into()])
+        );
         assert!(pointer_tokens("a").is_err());
         assert!(pointer_tokens("").is_err());
         assert!(pointer_tokens("/a//b").is_err());

@@ -63,7 +63,8 @@ impl Query {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let services: &'static [&'static str] = &[service_names::QUERY];
         let standard = pgrpc::standard(services).await?;
-        let grpc_metrics = tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
+        let grpc_metrics =
+            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
         for (s, m) in pgrpc::methods_of(service_names::QUERY) {
             grpc_metrics.init_method(&s, &m);
         }
@@ -94,7 +95,14 @@ impl Query {
         }));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "query serving");
         let grace = self.config.shutdown.shutdown_grace;
-        pgrpc::serve(self.grpc, routes.routes(), grpc_metrics, token.clone(), grace).await?;
+        pgrpc::serve(
+            self.grpc,
+            routes.routes(),
+            grpc_metrics,
+            token.clone(),
+            grace,
+        )
+        .await?;
         token.cancel();
         pgrpc::set_health(&standard.health, services, false).await;
         health_task.abort();

@@ -112,7 +112,11 @@ mod tests {
     #[test]
     fn forged_tokens_are_malformed() {
         for forged in ["", "garbage", "eyJ2IjoyfQ", "%%%"] {
-            assert_eq!(decode(forged, &filter("u")), Err(TokenError::Malformed), "{forged}");
+            assert_eq!(
+                decode(forged, &filter("u")),
+                Err(TokenError::Malformed),
+                "{forged}"
+            );
         }
     }
 }

@@ -10,7 +10,9 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
-    #[error("migration {version} was changed after it was applied (checksum {applied} != {embedded})")]
+    #[error(
+        "migration {version} was changed after it was applied (checksum {applied} != {embedded})"
+    )]
     MigrationChanged {
         version: String,
         applied: String,

@@ -25,11 +25,15 @@ const LOCK_KEY: i64 = 0x7472_6962_7574_6172; // "tributar"
 /// Applies what is missing; returns the versions it applied.
 pub async fn run(pool: &Pool) -> Result<Vec<&'static str>, StoreError> {
     let mut client = pool.get().await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
     let result = apply(&mut client).await;
     // Unlock even when a migration failed; the session ends with the
     // connection anyway, but the pool keeps connections.
-    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
     let applied = result?;
     unlock?;
     Ok(applied)
@@ -101,6 +105,10 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(versions, sorted);
-        assert!(versions.iter().all(|v| v.len() > 15 && v.as_bytes()[14] == b'_'));
+        assert!(
+            versions
+                .iter()
+                .all(|v| v.len() > 15 && v.as_bytes()[14] == b'_')
+        );
     }
 }

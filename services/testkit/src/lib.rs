@@ -62,8 +62,7 @@ impl TestDb {
         client
             .batch_execute(&format!("CREATE DATABASE {}_missing", self.name))
             .await?;
-        let pool =
-            tributary_store::pool::build(&PoolConfig::new(self.url_of_missing_database()))?;
+        let pool = tributary_store::pool::build(&PoolConfig::new(self.url_of_missing_database()))?;
         tributary_store::migrate::run(&pool).await?;
         Ok(())
     }
@@ -191,8 +190,14 @@ impl TestBroker {
     pub async fn create_topics(&self, args: &KafkaArgs, partitions: i32) -> anyhow::Result<()> {
         let admin = tributary_kafka::admin::client(args)?;
         for topic in [&args.topic, &args.dlq_topic] {
-            tributary_kafka::admin::ensure_topic(&admin, topic, partitions, 1, Duration::from_secs(10))
-                .await?;
+            tributary_kafka::admin::ensure_topic(
+                &admin,
+                topic,
+                partitions,
+                1,
+                Duration::from_secs(10),
+            )
+            .await?;
         }
         Ok(())
     }

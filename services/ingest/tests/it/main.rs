@@ -30,12 +30,16 @@ async fn start(kafka: &KafkaArgs, extra: &[&str]) -> (Client, CancellationToken)
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = <Config as clap::Parser>::parse_from(args);
-    let ingest = Ingest::build(config, prometheus::Registry::new()).await.unwrap();
+    let ingest = Ingest::build(config, prometheus::Registry::new())
+        .await
+        .unwrap();
     let addr = ingest.grpc_addr();
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(ingest.run(async move { stop.cancelled().await }));
-    let client = IngestServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let client = IngestServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     (client, token)
 }
 
@@ -44,7 +48,10 @@ fn event(event_type: &str, user: &str) -> Event {
         event_type: event_type.into(),
         user_id: user.into(),
         payload: Some(tributary_proto::json::json_to_struct(
-            serde_json::json!({"page": "/home", "n": 3}).as_object().cloned().unwrap(),
+            serde_json::json!({"page": "/home", "n": 3})
+                .as_object()
+                .cloned()
+                .unwrap(),
         )),
         ..Default::default()
     }
@@ -88,7 +95,10 @@ async fn publish_acks_only_what_the_broker_holds() {
     assert_eq!(record.key(), Some(&b"user-7"[..]));
     let envelope = EventEnvelope::decode(record.payload().unwrap()).unwrap();
     let e = envelope.event.unwrap();
-    assert_eq!((e.event_id.as_str(), e.event_type.as_str()), (id.as_str(), "page.view"));
+    assert_eq!(
+        (e.event_id.as_str(), e.event_type.as_str()),
+        (id.as_str(), "page.view")
+    );
     assert_eq!(envelope.payload_json, r#"{"n":3,"page":"/home"}"#);
     assert!(e.occurred_at.is_some() && envelope.received_at.is_some());
     let trace_id = envelope.ingest.unwrap().trace_id;
@@ -101,7 +111,10 @@ async fn publish_acks_only_what_the_broker_holds() {
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap();
-    assert!(traceparent.contains(&trace_id), "{traceparent} vs {trace_id}");
+    assert!(
+        traceparent.contains(&trace_id),
+        "{traceparent} vs {trace_id}"
+    );
     token.cancel();
 }
 
@@ -135,7 +148,14 @@ async fn invalid_events_are_refused_with_field_violations() {
         .map(|r| r.status.as_ref().unwrap().code)
         .collect();
     assert_eq!(codes, [0, Code::InvalidArgument as i32, 0]);
-    assert!(response.results[1].status.as_ref().unwrap().message.contains("events[1].event_type"));
+    assert!(
+        response.results[1]
+            .status
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("events[1].event_type")
+    );
 
     // Over 1000 events: the whole batch is refused by our limit, not tonic's.
     let status = client
@@ -145,13 +165,23 @@ async fn invalid_events_are_refused_with_field_violations() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("limit is 1000"), "{}", status.message());
+    assert!(
+        status.message().contains("limit is 1000"),
+        "{}",
+        status.message()
+    );
 
     // A stream: the bad event gets its own result and the stream goes on.
     let requests = vec![
-        PublishRequest { event: Some(event("a", "u")) },
-        PublishRequest { event: Some(event("9bad", "u")) },
-        PublishRequest { event: Some(event("c", "u")) },
+        PublishRequest {
+            event: Some(event("a", "u")),
+        },
+        PublishRequest {
+            event: Some(event("9bad", "u")),
+        },
+        PublishRequest {
+            event: Some(event("c", "u")),
+        },
     ];
     let mut results: Vec<(i32, i32)> = Vec::new();
     let mut stream = client
@@ -173,7 +203,9 @@ async fn sheds_load_and_reports_an_unreachable_broker() {
     // No in-flight room at all: every publish is shed.
     let (mut shedding, t1) = start(&kafka, &["--max-in-flight-events=0"]).await;
     let status = shedding
-        .publish(PublishRequest { event: Some(event("a", "u")) })
+        .publish(PublishRequest {
+            event: Some(event("a", "u")),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
@@ -184,12 +216,16 @@ async fn sheds_load_and_reports_an_unreachable_broker() {
     nowhere.kafka_brokers = format!("127.0.0.1:{}", free_port().unwrap());
     let (mut client, t2) = start(&nowhere, &["--produce-timeout=1s"]).await;
     let status = client
-        .publish(PublishRequest { event: Some(event("a", "u")) })
+        .publish(PublishRequest {
+            event: Some(event("a", "u")),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = client
-        .publish_batch(PublishBatchRequest { events: vec![event("a", "u"), event("b", "u")] })
+        .publish_batch(PublishBatchRequest {
+            events: vec![event("a", "u"), event("b", "u")],
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

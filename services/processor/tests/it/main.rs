@@ -38,7 +38,12 @@ fn envelope(event_id: &str, event_type: &str, user: &str) -> Vec<u8> {
 }
 
 async fn produce(kafka: &KafkaArgs, records: &[(Option<&str>, Vec<u8>)]) {
-    let producer = Producer::new(kafka, &ProducerSettings::default(), &prometheus::Registry::new()).unwrap();
+    let producer = Producer::new(
+        kafka,
+        &ProducerSettings::default(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     for (key, value) in records {
         producer
             .send(Record {
@@ -70,8 +75,15 @@ fn config(db_url: &str, kafka: &KafkaArgs, group: &str) -> Config {
     ])
 }
 
-async fn start(config: Config) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let processor = Processor::build(config, prometheus::Registry::new()).await.unwrap();
+async fn start(
+    config: Config,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let processor = Processor::build(config, prometheus::Registry::new())
+        .await
+        .unwrap();
     let token = CancellationToken::new();
     let stop = token.clone();
     let handle = tokio::spawn(processor.run(async move { stop.cancelled().await }));
@@ -100,7 +112,10 @@ fn offsets(kafka: &KafkaArgs, group: &str) -> Vec<(Option<i64>, i64)> {
         .unwrap();
     (0..PARTITIONS)
         .map(|p| {
-            let c = match committed.find_partition(&kafka.topic, p).map(|e| e.offset()) {
+            let c = match committed
+                .find_partition(&kafka.topic, p)
+                .map(|e| e.offset())
+            {
                 Some(Offset::Offset(o)) => Some(o),
                 _ => None,
             };
@@ -135,11 +150,15 @@ async fn stores_each_event_once_and_dead_letters_poison() {
     .await;
 
     let (token, handle) = start(config(&db.url, &kafka, &group)).await;
-    eventually(Duration::from_secs(30), "3 rows and 2 dead letters", || async {
-        let rows = count(&db, "SELECT count(*) FROM events").await;
-        let dead = count(&db, "SELECT count(*) FROM dead_letters").await;
-        (rows == 3 && dead == 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "3 rows and 2 dead letters",
+        || async {
+            let rows = count(&db, "SELECT count(*) FROM events").await;
+            let dead = count(&db, "SELECT count(*) FROM dead_letters").await;
+            (rows == 3 && dead == 2).then_some(())
+        },
+    )
     .await
     .unwrap();
 
@@ -162,10 +181,16 @@ async fn stores_each_event_once_and_dead_letters_poison() {
         .map(|r| r.get(0))
         .collect();
     assert!(reasons[0].contains("event.event_type"), "{reasons:?}");
-    assert!(reasons[1].starts_with("value is not a tributary.v1.EventEnvelope"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("value is not a tributary.v1.EventEnvelope"),
+        "{reasons:?}"
+    );
     let bad: (Option<String>, Vec<String>) = {
         let r = client
-            .query_one("SELECT event_id, header_keys FROM dead_letters WHERE event_id = 'e-bad'", &[])
+            .query_one(
+                "SELECT event_id, header_keys FROM dead_letters WHERE event_id = 'e-bad'",
+                &[],
+            )
             .await
             .unwrap();
         (r.get(0), r.get(1))
@@ -213,7 +238,9 @@ async fn waits_for_postgresql_without_advancing_offsets() {
     let (token, handle) = start(config(&db.url_of_missing_database(), &kafka, &group)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        offsets(&kafka, &group).iter().all(|(committed, _)| committed.is_none()),
+        offsets(&kafka, &group)
+            .iter()
+            .all(|(committed, _)| committed.is_none()),
         "offsets advanced while nothing was stored"
     );
 
@@ -222,11 +249,19 @@ async fn waits_for_postgresql_without_advancing_offsets() {
         db.url_of_missing_database(),
     ))
     .unwrap();
-    eventually(Duration::from_secs(30), "20 rows once PostgreSQL serves", || async {
-        let client = pool.get().await.ok()?;
-        let n: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.ok()?.get(0);
-        (n == 20).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "20 rows once PostgreSQL serves",
+        || async {
+            let client = pool.get().await.ok()?;
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM events", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 20).then_some(())
+        },
+    )
     .await
     .unwrap();
     let dead: i64 = pool
@@ -237,7 +272,10 @@ async fn waits_for_postgresql_without_advancing_offsets() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(dead, 0, "nothing is dead-lettered because the database was down");
+    assert_eq!(
+        dead, 0,
+        "nothing is dead-lettered because the database was down"
+    );
     token.cancel();
     handle.await.unwrap().unwrap();
     drop(pool);

@@ -42,12 +42,17 @@ async fn start(db: &TestDb) -> (Client, CancellationToken) {
         "--http-addr=127.0.0.1:0",
         &format!("--database-url={}", db.url),
     ]);
-    let query = Query::build(config, prometheus::Registry::new()).await.unwrap();
+    let query = Query::build(config, prometheus::Registry::new())
+        .await
+        .unwrap();
     let addr = query.grpc_addr();
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(query.run(async move { stop.cancelled().await }));
-    (Client::connect(format!("http://{addr}")).await.unwrap(), token)
+    (
+        Client::connect(format!("http://{addr}")).await.unwrap(),
+        token,
+    )
 }
 
 async fn seed(db: &TestDb) {
@@ -55,7 +60,13 @@ async fn seed(db: &TestDb) {
     let rows = vec![
         row("a", "page.view", "u1", 10, r#"{"country":"DE","amount":3}"#),
         row("b", "page.view", "u2", 20, r#"{"country":"FR"}"#),
-        row("c", "order.placed", "u1", 30, r#"{"country":"DE","amount":40}"#),
+        row(
+            "c",
+            "order.placed",
+            "u1",
+            30,
+            r#"{"country":"DE","amount":40}"#,
+        ),
         // Same time as c: the id breaks the tie.
         row("d", "order.placed", "u2", 30, r#"{"country":"DE"}"#),
         row("e", "page.view", "u1", 40, r#"{"country":"FR"}"#),
@@ -93,23 +104,41 @@ async fn lists_newest_first_with_every_filter_and_stable_pages() {
     seed(&db).await;
     let (mut client, token) = start(&db).await;
 
-    assert_eq!(ids(&mut client, EventFilter::default(), 2).await, ["e", "d", "c", "b", "a"]);
-    let by_user = EventFilter { user_id: "u1".into(), ..Default::default() };
+    assert_eq!(
+        ids(&mut client, EventFilter::default(), 2).await,
+        ["e", "d", "c", "b", "a"]
+    );
+    let by_user = EventFilter {
+        user_id: "u1".into(),
+        ..Default::default()
+    };
     assert_eq!(ids(&mut client, by_user, 1).await, ["e", "c", "a"]);
-    let by_type = EventFilter { event_types: vec!["order.placed".into()], ..Default::default() };
+    let by_type = EventFilter {
+        event_types: vec!["order.placed".into()],
+        ..Default::default()
+    };
     assert_eq!(ids(&mut client, by_type, 10).await, ["d", "c"]);
-    let by_session = EventFilter { session_id: "s-u2".into(), ..Default::default() };
+    let by_session = EventFilter {
+        session_id: "s-u2".into(),
+        ..Default::default()
+    };
     assert_eq!(ids(&mut client, by_session, 10).await, ["d", "b"]);
     let window = EventFilter {
         occurred_after: Some(at(20).into()),
         occurred_before: Some(at(40).into()),
         ..Default::default()
     };
-    assert_eq!(ids(&mut client, window, 10).await, ["d", "c", "b"], "after inclusive, before exclusive");
+    assert_eq!(
+        ids(&mut client, window, 10).await,
+        ["d", "c", "b"],
+        "after inclusive, before exclusive"
+    );
     let by_payload = EventFilter {
         payload_matches: vec![PayloadMatch {
             path: "/country".into(),
-            value: Some(tributary_proto::json::json_to_value(serde_json::json!("DE"))),
+            value: Some(tributary_proto::json::json_to_value(serde_json::json!(
+                "DE"
+            ))),
         }],
         source: "web".into(),
         ..Default::default()
@@ -118,20 +147,38 @@ async fn lists_newest_first_with_every_filter_and_stable_pages() {
 
     // Rows arriving while paging are neither skipped nor repeated.
     let first = client
-        .list_events(ListEventsRequest { filter: None, page_size: 2, page_token: String::new() })
+        .list_events(ListEventsRequest {
+            filter: None,
+            page_size: 2,
+            page_token: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     let pg = db.pool.get().await.unwrap();
-    insert_events(&pg, &[row("z", "page.view", "u9", 50, "{}"), row("m", "page.view", "u9", 25, "{}")])
-        .await
-        .unwrap();
+    insert_events(
+        &pg,
+        &[
+            row("z", "page.view", "u9", 50, "{}"),
+            row("m", "page.view", "u9", 25, "{}"),
+        ],
+    )
+    .await
+    .unwrap();
     let rest = client
-        .list_events(ListEventsRequest { filter: None, page_size: 10, page_token: first.next_page_token })
+        .list_events(ListEventsRequest {
+            filter: None,
+            page_size: 10,
+            page_token: first.next_page_token,
+        })
         .await
         .unwrap()
         .into_inner();
-    let rest: Vec<String> = rest.events.into_iter().map(|e| e.event.unwrap().event_id).collect();
+    let rest: Vec<String> = rest
+        .events
+        .into_iter()
+        .map(|e| e.event.unwrap().event_id)
+        .collect();
     assert_eq!(rest, ["c", "m", "b", "a"]);
     token.cancel();
 }
@@ -143,49 +190,88 @@ async fn get_event_and_bad_requests() {
     let (mut client, token) = start(&db).await;
 
     let stored = client
-        .get_event(GetEventRequest { event_id: "c".into() })
+        .get_event(GetEventRequest {
+            event_id: "c".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     let event = stored.event.unwrap();
-    assert_eq!((event.event_type.as_str(), event.user_id.as_str()), ("order.placed", "u1"));
+    assert_eq!(
+        (event.event_type.as_str(), event.user_id.as_str()),
+        ("order.placed", "u1")
+    );
     let payload = tributary_proto::json::struct_to_json(&event.payload.unwrap()).unwrap();
-    assert_eq!(serde_json::Value::Object(payload), serde_json::json!({"country":"DE","amount":40}));
-    assert_eq!(event.occurred_at.unwrap(), prost_types::Timestamp::from(at(30)));
+    assert_eq!(
+        serde_json::Value::Object(payload),
+        serde_json::json!({"country":"DE","amount":40})
+    );
+    assert_eq!(
+        event.occurred_at.unwrap(),
+        prost_types::Timestamp::from(at(30))
+    );
     assert!(stored.persisted_at.is_some());
 
-    let missing = client.get_event(GetEventRequest { event_id: "nope".into() }).await.unwrap_err();
+    let missing = client
+        .get_event(GetEventRequest {
+            event_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    let empty = client.get_event(GetEventRequest { event_id: String::new() }).await.unwrap_err();
+    let empty = client
+        .get_event(GetEventRequest {
+            event_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
 
     let forged = client
-        .list_events(ListEventsRequest { filter: None, page_size: 1, page_token: "Zm9yZ2Vk".into() })
+        .list_events(ListEventsRequest {
+            filter: None,
+            page_size: 1,
+            page_token: "Zm9yZ2Vk".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(forged.code(), Code::InvalidArgument);
     assert!(forged.message().contains("page_token"));
 
     let page = client
-        .list_events(ListEventsRequest { filter: None, page_size: 1, page_token: String::new() })
+        .list_events(ListEventsRequest {
+            filter: None,
+            page_size: 1,
+            page_token: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     let reused = client
         .list_events(ListEventsRequest {
-            filter: Some(EventFilter { user_id: "u1".into(), ..Default::default() }),
+            filter: Some(EventFilter {
+                user_id: "u1".into(),
+                ..Default::default()
+            }),
             page_size: 1,
             page_token: page.next_page_token,
         })
         .await
         .unwrap_err();
     assert_eq!(reused.code(), Code::InvalidArgument);
-    assert!(reused.message().contains("different filter"), "{}", reused.message());
+    assert!(
+        reused.message().contains("different filter"),
+        "{}",
+        reused.message()
+    );
 
     let bad_path = client
         .list_events(ListEventsRequest {
             filter: Some(EventFilter {
-                payload_matches: vec![PayloadMatch { path: "country".into(), value: None }],
+                payload_matches: vec![PayloadMatch {
+                    path: "country".into(),
+                    value: None,
+                }],
                 ..Default::default()
             }),
             page_size: 1,
