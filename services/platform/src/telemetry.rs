@@ -54,17 +54,24 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
         filter: args.log_filter.clone(),
         source,
     })?;
+    // Per-layer filters: the log level decides which lines are printed, never
+    // which spans exist, so TRIBUTARY_LOG=warn does not switch traces off.
     let fmt = match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_filter(filter)
             .boxed(),
     };
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()?;

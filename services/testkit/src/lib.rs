@@ -261,3 +261,21 @@ mod tests {
         );
     }
 }
+
+/// Installs logging and the OpenTelemetry layer once per test process, as
+/// `main` does, so spans carry real trace ids. `TRIBUTARY_TEST_LOG` sets the
+/// filter (default `warn`).
+pub fn init_telemetry() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let args = tributary_platform::config::TelemetryArgs {
+            log_filter: std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            log_format: tributary_platform::config::LogFormat::Text,
+            otlp_endpoint: None,
+        };
+        // Another test framework may have installed a subscriber first.
+        if let Ok(guard) = tributary_platform::telemetry::init("test", &args) {
+            std::mem::forget(guard);
+        }
+    });
+}

@@ -21,6 +21,7 @@ use tributary_testkit::{TestBroker, free_port, suffix};
 type Client = IngestServiceClient<tonic::transport::Channel>;
 
 async fn start(kafka: &KafkaArgs, extra: &[&str]) -> (Client, CancellationToken) {
+    tributary_testkit::init_telemetry();
     let mut args = vec![
         "tributary-ingest".to_owned(),
         "--grpc-addr=127.0.0.1:0".into(),

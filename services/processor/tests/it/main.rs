@@ -81,6 +81,7 @@ async fn start(
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    tributary_testkit::init_telemetry();
     let processor = Processor::build(config, prometheus::Registry::new())
         .await
         .unwrap();

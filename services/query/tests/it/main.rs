@@ -36,6 +36,7 @@ fn row(id: &str, event_type: &str, user: &str, secs: u64, payload: &str) -> NewE
 }
 
 async fn start(db: &TestDb) -> (Client, CancellationToken) {
+    tributary_testkit::init_telemetry();
     let config = <Config as clap::Parser>::parse_from([
         "tributary-query",
         "--grpc-addr=127.0.0.1:0",
