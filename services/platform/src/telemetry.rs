@@ -37,6 +37,13 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
+    /// Exports finished spans now (blocking).
+    pub fn force_flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            eprintln!("warning: trace flush: {e}");
+        }
+    }
+
     /// Exports what is buffered. Call last, after the servers stopped.
     pub fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {

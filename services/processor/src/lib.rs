@@ -164,7 +164,7 @@ fn readiness(
         Box::pin(async move {
             tributary_store::pool::ping(&pool)
                 .await
-                .map_err(|e| format!("postgresql: {e}"))?;
+                .map_err(|e| format!("postgresql: {}", tributary_platform::status::chain(&e)))?;
             tokio::task::spawn_blocking(move || {
                 for topic in &topics {
                     tributary_kafka::admin::partition_count(

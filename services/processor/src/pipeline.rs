@@ -138,7 +138,7 @@ impl Pipeline {
                 Err(e) => {
                     attempt += 1;
                     let pause = backoff(attempt, self.max_backoff);
-                    tracing::warn!(attempt, error = %e, retry_in = ?pause, "storing a batch failed; offsets not advanced");
+                    tracing::warn!(attempt, error = %tributary_platform::status::chain(&e), retry_in = ?pause, "storing a batch failed; offsets not advanced");
                     tokio::select! {
                         () = token.cancelled() => return Err(Interrupted::Shutdown),
                         () = tokio::time::sleep(pause) => {}
@@ -186,7 +186,7 @@ impl Pipeline {
             Err(e) if e.is_data_error() => {
                 // One row the database refuses (data it cannot hold) must
                 // not block the partition: isolate it, row by row.
-                tracing::warn!(error = %e, "batch refused by the database; storing row by row");
+                tracing::warn!(error = %tributary_platform::status::chain(&e), "batch refused by the database; storing row by row");
                 self.store_row_by_row(rows, batch).await
             }
             Err(e) => Err(StoreFailure::Db(e)),

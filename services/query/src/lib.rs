@@ -74,7 +74,7 @@ impl Query {
             Box::pin(async move {
                 tributary_store::pool::ping(&pool)
                     .await
-                    .map_err(|e| format!("postgresql: {e}"))
+                    .map_err(|e| format!("postgresql: {}", tributary_platform::status::chain(&e)))
             })
         });
         let http_task = tokio::spawn(http::serve(

@@ -247,6 +247,88 @@ where
     }
 }
 
+/// The telemetry of a test process: logging plus the OpenTelemetry layer
+/// (as `main` installs them), exporting to an in-process trace sink, so tests
+/// can assert on the spans the services really export.
+pub struct Telemetry {
+    guard: tributary_platform::telemetry::TelemetryGuard,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Telemetry {
+    /// Every span exported so far (after flushing), as the sink's JSON lines.
+    pub async fn spans(&'static self) -> Vec<serde_json::Value> {
+        let _ = tokio::task::spawn_blocking(|| self.guard.force_flush()).await;
+        let bytes = self.spans.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("span buffer poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs telemetry once per test process and returns it. The sink and
+/// the exporter live on a runtime of their own, because each `#[tokio::test]`
+/// runtime ends with its test while the exporter must outlive them all.
+/// `TRIBUTARY_TEST_LOG` sets the log filter (default `warn`).
+pub fn init_telemetry() -> &'static Telemetry {
+    static TELEMETRY: std::sync::OnceLock<Telemetry> = std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        // Built on a thread of its own: this may be called from inside a
+        // test's runtime, where blocking on another runtime is not allowed.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime for the test trace sink");
+            let telemetry = runtime.block_on(async {
+                let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let listener = tributary_trace_sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .await
+                    .expect("a port for the test trace sink");
+                let addr = listener.local_addr().expect("the trace sink's address");
+                let sink: tributary_trace_sink::Sink =
+                    std::sync::Arc::new(std::sync::Mutex::new(Box::new(SharedBuf(spans.clone()))));
+                tokio::spawn(tributary_trace_sink::serve(
+                    listener,
+                    sink,
+                    std::future::pending(),
+                ));
+                let args = tributary_platform::config::TelemetryArgs {
+                    log_filter: std::env::var("TRIBUTARY_TEST_LOG")
+                        .unwrap_or_else(|_| "warn".into()),
+                    log_format: tributary_platform::config::LogFormat::Text,
+                    otlp_endpoint: Some(format!("http://{addr}")),
+                };
+                let guard =
+                    tributary_platform::telemetry::init("test", &args).expect("test telemetry");
+                Telemetry { guard, spans }
+            });
+            let _ = tx.send(telemetry);
+            runtime.block_on(std::future::pending::<()>());
+        });
+        rx.recv().expect("test telemetry initialised")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -260,22 +342,4 @@ mod tests {
             "postgres://u:p@h:5432/x?sslmode=disable"
         );
     }
-}
-
-/// Installs logging and the OpenTelemetry layer once per test process, as
-/// `main` does, so spans carry real trace ids. `TRIBUTARY_TEST_LOG` sets the
-/// filter (default `warn`).
-pub fn init_telemetry() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let args = tributary_platform::config::TelemetryArgs {
-            log_filter: std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            log_format: tributary_platform::config::LogFormat::Text,
-            otlp_endpoint: None,
-        };
-        // Another test framework may have installed a subscriber first.
-        if let Ok(guard) = tributary_platform::telemetry::init("test", &args) {
-            std::mem::forget(guard);
-        }
-    });
 }

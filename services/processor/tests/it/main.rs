@@ -286,3 +286,110 @@ async fn waits_for_postgresql_without_advancing_offsets() {
         .sum();
     assert_eq!(total_committed, 20);
 }
+
+/// One published event yields, in the exported spans: the ingest server span,
+/// its produce span (same trace), the processor's batch span (a trace of its
+/// own) linking to the produce span, and the insert span under the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_is_traced_from_ingest_to_the_insert() {
+    use serde_json::Value;
+    let telemetry = tributary_testkit::init_telemetry();
+    let db = TestDb::new().await.unwrap();
+    let broker = TestBroker::start().await.unwrap();
+    let sfx = suffix();
+    let kafka = broker.kafka_args(&sfx);
+    broker.create_topics(&kafka, PARTITIONS).await.unwrap();
+    let (stop_processor, processor) = start(config(&db.url, &kafka, &format!("g-{sfx}"))).await;
+
+    let ingest_config = <tributary_ingest::Config as clap::Parser>::parse_from([
+        "tributary-ingest",
+        "--grpc-addr=127.0.0.1:0",
+        "--http-addr=127.0.0.1:0",
+        &format!("--kafka-brokers={}", kafka.kafka_brokers),
+        &format!("--topic={}", kafka.topic),
+    ]);
+    let ingest = tributary_ingest::Ingest::build(ingest_config, prometheus::Registry::new())
+        .await
+        .unwrap();
+    let addr = ingest.grpc_addr();
+    let stop_ingest = CancellationToken::new();
+    let stop = stop_ingest.clone();
+    tokio::spawn(ingest.run(async move { stop.cancelled().await }));
+    let mut client = tributary_proto::v1::ingest_service_client::IngestServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
+    let event_id = format!("traced-{sfx}");
+    client
+        .publish(tributary_proto::v1::PublishRequest {
+            event: Some(Event {
+                event_id: event_id.clone(),
+                event_type: "page.view".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+    let trace_id: String = eventually(Duration::from_secs(30), "the row", || async {
+        let client = db.pool.get().await.ok()?;
+        client
+            .query_opt(
+                "SELECT trace_id FROM events WHERE event_id = $1",
+                &[&event_id],
+            )
+            .await
+            .ok()?
+            .map(|r| r.get(0))
+    })
+    .await
+    .unwrap();
+    assert_eq!(trace_id.len(), 32);
+
+    let field = |span: &Value, key: &str| span[key].as_str().unwrap_or_default().to_owned();
+    let (server, produce, batch, insert) =
+        eventually(Duration::from_secs(30), "the spans", || async {
+            let spans = telemetry.spans().await;
+            let in_trace = |kind: &str| {
+                spans
+                    .iter()
+                    .find(|s| s["trace_id"] == trace_id.as_str() && s["kind"] == kind)
+                    .cloned()
+            };
+            let server = in_trace("server")?;
+            let produce = in_trace("producer")?;
+            let batch = spans
+                .iter()
+                .find(|s| {
+                    s["kind"] == "consumer"
+                        && s["links"].as_array().is_some_and(|links| {
+                            links.iter().any(|l| {
+                                l["trace_id"] == trace_id.as_str()
+                                    && l["span_id"] == produce["span_id"]
+                            })
+                        })
+                })?
+                .clone();
+            let insert = spans
+                .iter()
+                .find(|s| s["parent_span_id"] == batch["span_id"] && s["name"] == "INSERT events")?
+                .clone();
+            Some((server, produce, batch, insert))
+        })
+        .await
+        .unwrap();
+    assert_eq!(field(&server, "name"), "tributary.v1.IngestService/Publish");
+    assert_eq!(field(&produce, "parent_span_id"), field(&server, "span_id"));
+    assert_ne!(
+        field(&batch, "trace_id"),
+        trace_id,
+        "the batch starts a trace of its own"
+    );
+    assert_eq!(field(&insert, "trace_id"), field(&batch, "trace_id"));
+    assert_eq!(field(&insert, "kind"), "client");
+
+    stop_ingest.cancel();
+    stop_processor.cancel();
+    processor.await.unwrap().unwrap();
+}
