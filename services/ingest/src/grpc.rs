@@ -210,6 +210,8 @@ impl IngestService for IngestApi {
         }
 
         let n = request.events.len();
+        // A rejected event's result still names it, when the client named it.
+        let client_ids: Vec<String> = request.events.iter().map(|e| e.event_id.clone()).collect();
         let prepared: Vec<Result<Prepared, Status>> = request
             .events
             .into_iter()
@@ -257,7 +259,10 @@ impl IngestService for IngestApi {
                 };
                 PublishResult {
                     index: i32::try_from(index).unwrap_or(i32::MAX),
-                    event_id: p.as_ref().map(|p| p.event_id.clone()).unwrap_or_default(),
+                    event_id: match p {
+                        Ok(p) => p.event_id.clone(),
+                        Err(_) => client_ids[index].clone(),
+                    },
                     status: Some(status),
                 }
             })
@@ -334,6 +339,11 @@ impl IngestApi {
     async fn publish_one_of_stream(&self, index: i32, message: PublishRequest) -> PublishResult {
         let received_at = SystemTime::now();
         let field = format!("stream[{index}].event");
+        let client_id = message
+            .event
+            .as_ref()
+            .map(|e| e.event_id.clone())
+            .unwrap_or_default();
         let outcome: Result<String, Status> = async {
             let event = message.event.ok_or_else(|| {
                 pstatus::invalid_argument(&[FieldViolation {
@@ -362,7 +372,7 @@ impl IngestApi {
             },
             Err(status) => PublishResult {
                 index,
-                event_id: String::new(),
+                event_id: client_id,
                 status: Some(pstatus::to_rpc_status(&status)),
             },
         }

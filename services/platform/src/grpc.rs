@@ -41,10 +41,24 @@ pub async fn standard(services: &[&str]) -> Result<Standard, ReflectionError> {
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
+    // Advertise only what this server serves (the descriptor set holds every
+    // Tributary service); tonic-types' set adds google.rpc.BadRequest and the
+    // other error details, so grpcurl can decode error details.
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tributary_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in services
+            .iter()
+            .filter(|n| n.starts_with("tributary.v1.") && !n.ends_with(".Processor"))
+        {
+            builder = builder.with_service_name(*name);
+        }
+        builder
     };
     let mut routes = tonic::service::RoutesBuilder::default();
     routes

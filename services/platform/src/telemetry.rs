@@ -66,6 +66,8 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
     let fmt = match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_target(false)
+            // Colour only on a terminal: log files stay plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

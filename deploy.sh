@@ -1,0 +1,737 @@
+#!/usr/bin/env bash
+# Runs Tributary on this machine. ./deploy.sh --help says what it does.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TB_LOG_PREFIX=deploy
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+
+SERVICES=(ingest processor query admin)
+# Started in this order, stopped in reverse.
+PARTS=(postgres broker tracesink "${SERVICES[@]}" prometheus)
+TRACE_SINK_PORT=4317
+PROMETHEUS_PORT=9090
+TRACE_FILE="$TB_STATE_DIR/traces/spans.jsonl"
+PROM_CONFIG="$ROOT/observability/prometheus/prometheus.yml"
+BROKER_PORT=9092
+CFG_FILE="$TB_STATE_DIR/deploy.env"
+PG_DIR="$TB_STATE_DIR/postgres"
+PG_DATA="$PG_DIR/data"
+PG_SOCKET_DIR="$PG_DIR/run"
+PG_LOG="$TB_LOG_DIR/postgres.log"
+
+usage() {
+  cat <<EOF
+Usage: ./deploy.sh [COMMAND] [OPTIONS]
+
+Runs Tributary on this machine: a PostgreSQL $TB_PG_MAJOR cluster, the nisshi
+Kafka-protocol broker, the ingest, processor, query and admin services, the
+trace sink (OTLP/gRPC, spans as JSON lines) and Prometheus (with the alert rules).
+
+Commands:
+  up               (the default) Install what is missing (apt packages, grpcurl,
+                   nisshi), build the release binaries, start PostgreSQL and the
+                   broker, migrate (schema and topics), start the services, wait
+                   until each answers gRPC health SERVING and HTTP /ready, then
+                   print endpoints, log files and grpcurl examples.
+                   Safe to re-run: parts already running are left alone, except a
+                   service whose binary the build replaced, which is restarted.
+  down             Stop the services, then the broker, then PostgreSQL (each by
+                   its PID; SIGTERM, SIGKILL after 30 s), and forget the saved
+                   options. Data stays in the state directory.
+  status           State, PID, address and health of each part. Exit status 0
+                   only when every part is running and healthy.
+  start PART       Start one part with the saved options (no build, no migrate)
+                   and wait until it is healthy.
+  stop PART        Stop one part.
+                   PART: ingest, processor, query, admin, broker, postgres,
+                   tracesink or prometheus.
+
+Options:
+  --kafka HOST:PORT  (up) Use this existing broker; no local broker is started.
+                     Its topics are created by the migrate step.
+  --postgres DSN     (up) Use this existing PostgreSQL database, e.g.
+                     postgres://user:pass@host:5432/tributary; the schema is
+                     migrated into it and no local cluster is started. Without
+                     --kafka the local broker then runs with the memory storage
+                     engine: not durable, a broker restart loses unconsumed
+                     events and committed offsets (topics are re-created by the
+                     next 'up'). Give --kafka too for a durable broker.
+  --no-build         (up) Skip 'cargo build'; use the binaries already built.
+  --porcelain        (status) One line per part: NAME STATE PID HEALTH.
+  -h, --help         This text.
+
+Options given to 'up' are saved in \$TRIBUTARY_STATE_DIR/deploy.env and reused
+by later commands until 'down'. Changing them needs a 'down' first.
+
+Environment:
+  TRIBUTARY_STATE_DIR   state directory: PostgreSQL data, pid files, logs
+                        (default /var/lib/tributary; keep it outside /root and
+                        the clone: the postgres user must reach it)
+  TRIBUTARY_PG_PORT     local PostgreSQL port (default 55432)
+  TRIBUTARY_BIND_HOST   address the services listen on (default 127.0.0.1)
+  TRIBUTARY_PARTITIONS  partitions of tributary.events when migrate creates it
+                        (default 6)
+  TRIBUTARY_LOG_FORMAT  service log format, text or json (default text)
+  CARGO_TARGET_DIR      build directory (default \$HOME/.cache/tributary/target)
+
+Local endpoints (on TRIBUTARY_BIND_HOST):
+  ingest     gRPC :50051   HTTP :9601 (/metrics /live /ready)
+  processor  gRPC :50054   HTTP :9602   (health and reflection only)
+  query      gRPC :50052   HTTP :9603
+  admin      gRPC :50053   HTTP :9604   (topics, groups, lag; exports the lag gauges)
+  tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans to \$TRIBUTARY_STATE_DIR/traces/spans.jsonl
+  prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all four, evaluates observability/prometheus/rules)
+  broker     127.0.0.1:$BROKER_PORT (nisshi, PostgreSQL storage engine)
+  postgres   127.0.0.1:55432, user postgres, password postgres,
+             databases tributary and nisshi
+Logs: \$TRIBUTARY_STATE_DIR/logs/NAME.log (NAME: a part, or migrate).
+Tools are cached in \$HOME/.cache/tributary/tools.
+EOF
+}
+
+# ---------------------------------------------------------------- options
+
+svc_grpc_port() { case $1 in ingest) echo 50051 ;; query) echo 50052 ;; admin) echo 50053 ;; processor) echo 50054 ;; esac; }
+svc_http_port() { case $1 in ingest) echo 9601 ;; processor) echo 9602 ;; query) echo 9603 ;; admin) echo 9604 ;; esac; }
+
+redact_dsn() { sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#' <<<"$1"; }
+
+CFG_KAFKA=""
+CFG_POSTGRES=""
+CFG_PG_PORT=55432
+CFG_BIND_HOST=127.0.0.1
+
+load_saved_cfg() {
+  [[ -f "$CFG_FILE" ]] || return 1
+  # shellcheck disable=SC1090
+  source "$CFG_FILE"
+}
+
+save_cfg() {
+  mkdir -p "$TB_STATE_DIR"
+  local tmp="$CFG_FILE.tmp"
+  (
+    umask 077
+    {
+      echo "# written by deploy.sh up; removed by deploy.sh down"
+      printf 'CFG_KAFKA=%q\n' "$CFG_KAFKA"
+      printf 'CFG_POSTGRES=%q\n' "$CFG_POSTGRES"
+      printf 'CFG_PG_PORT=%q\n' "$CFG_PG_PORT"
+      printf 'CFG_BIND_HOST=%q\n' "$CFG_BIND_HOST"
+    } >"$tmp"
+  )
+  mv "$tmp" "$CFG_FILE"
+}
+
+cfg_summary() {
+  printf 'kafka=%s postgres=%s pg-port=%s bind-host=%s' "${CFG_KAFKA:-local}" \
+    "$( [[ -n "$CFG_POSTGRES" ]] && redact_dsn "$CFG_POSTGRES" || echo local)" "$CFG_PG_PORT" "$CFG_BIND_HOST"
+}
+
+# The raw options, to compare a request with what is running.
+cfg_key() { printf '%s|%s|%s|%s' "$CFG_KAFKA" "$CFG_POSTGRES" "$CFG_PG_PORT" "$CFG_BIND_HOST"; }
+
+local_pg() { [[ -z "$CFG_POSTGRES" ]]; }
+local_broker() { [[ -z "$CFG_KAFKA" ]]; }
+kafka_brokers() { if local_broker; then echo "127.0.0.1:$BROKER_PORT"; else echo "$CFG_KAFKA"; fi; }
+database_url() {
+  if local_pg; then echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/tributary"; else echo "$CFG_POSTGRES"; fi
+}
+broker_engine() {
+  if local_pg; then echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/nisshi"; else echo "memory://nisshi/"; fi
+}
+broker_engine_name() { if local_pg; then echo postgres; else echo memory; fi; }
+
+# ---------------------------------------------------------------- postgres
+
+pg_as() { runuser -u postgres -- "$@"; }
+
+pg_running() {
+  [[ -f "$PG_DATA/PG_VERSION" ]] && pg_as "$TB_PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+pg_pid() { head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || echo -; }
+
+pg_psql() {
+  PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 "$TB_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+    -h 127.0.0.1 -p "$CFG_PG_PORT" -U postgres -d postgres -tA "$@"
+}
+
+pg_create_database() {
+  local db=$1 exists
+  exists=$(pg_psql -c "SELECT 1 FROM pg_database WHERE datname = '$db'") || die "cannot query the local PostgreSQL"
+  if [[ "$exists" != 1 ]]; then
+    log_info "creating database $db"
+    pg_psql -c "CREATE DATABASE \"$db\"" || die "CREATE DATABASE $db failed"
+  fi
+}
+
+pg_write_conf() {
+  # Regenerated on every start; postgresql.conf includes it.
+  cat >"$PG_DATA/tributary.conf" <<EOF
+# written by deploy.sh
+listen_addresses = '127.0.0.1'
+port = $CFG_PG_PORT
+unix_socket_directories = '$PG_SOCKET_DIR'
+max_connections = 200
+password_encryption = 'scram-sha-256'
+EOF
+  chown postgres:postgres "$PG_DATA/tributary.conf"
+}
+
+pg_init() {
+  local tmp="$PG_DATA.init" pwfile="$PG_DIR/.pwfile"
+  log_info "initialising a PostgreSQL $TB_PG_MAJOR cluster in $PG_DATA"
+  rm -rf "$tmp"
+  install -m 600 -o postgres -g postgres /dev/null "$pwfile"
+  printf 'postgres\n' >"$pwfile"
+  # Password (SCRAM) over TCP, peer on the unix socket.
+  if ! pg_as "$TB_PG_BIN/initdb" -D "$tmp" -U postgres --pwfile="$pwfile" \
+    --auth-host=scram-sha-256 --auth-local=peer -E UTF8 --locale=C.UTF-8 >>"$PG_LOG" 2>&1; then
+    rm -f "$pwfile"
+    log_tail "$PG_LOG"
+    die "initdb failed"
+  fi
+  rm -f "$pwfile"
+  printf "\ninclude_if_exists = 'tributary.conf'\n" >>"$tmp/postgresql.conf"
+  mv "$tmp" "$PG_DATA"
+}
+
+start_postgres() {
+  [[ -x "$TB_PG_BIN/initdb" ]] || die "$TB_PG_BIN/initdb not found (apt-get install postgresql)"
+  id postgres >/dev/null 2>&1 || die "no postgres user (apt-get install postgresql)"
+  mkdir -p "$TB_STATE_DIR" "$TB_LOG_DIR"
+  chmod 755 "$TB_STATE_DIR"
+  install -d -o postgres -g postgres -m 700 "$PG_DIR" "$PG_SOCKET_DIR"
+  pg_as test -w "$PG_DIR" ||
+    die "the postgres user cannot reach $PG_DIR: put TRIBUTARY_STATE_DIR where every parent directory is world-searchable (not under /root)"
+  [[ -f "$PG_LOG" ]] || install -m 640 -o postgres -g postgres /dev/null "$PG_LOG"
+  chown postgres:postgres "$PG_LOG"
+  [[ -f "$PG_DATA/PG_VERSION" ]] || pg_init
+  if pg_running; then
+    log_info "postgres already running (pid $(pg_pid))"
+  else
+    port_open 127.0.0.1 "$CFG_PG_PORT" &&
+      die "port $CFG_PG_PORT is in use by another process; set TRIBUTARY_PG_PORT or stop it"
+    pg_write_conf
+    log_info "starting postgres on 127.0.0.1:$CFG_PG_PORT"
+    pg_as "$TB_PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 start >/dev/null || {
+      log_tail "$PG_LOG"
+      die "postgres did not start"
+    }
+  fi
+  pg_create_database tributary
+  local_broker && pg_create_database nisshi
+  return 0
+}
+
+stop_postgres() {
+  if pg_running; then
+    log_info "stopping postgres (pid $(pg_pid))"
+    pg_as "$TB_PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null || die "pg_ctl stop failed"
+  fi
+}
+
+# ---------------------------------------------------------------- broker
+
+start_broker() {
+  local pid log="$TB_LOG_DIR/broker.log"
+  if pid=$(pid_get broker); then
+    log_info "broker already running (pid $pid)"
+    return 0
+  fi
+  # nisshi panics at start-up when its port is taken.
+  port_open 127.0.0.1 "$BROKER_PORT" &&
+    die "port $BROKER_PORT is in use by a process this script did not start; stop it, or pass --kafka HOST:PORT to use it"
+  if local_pg; then
+    pg_running || die "the broker's storage is the local PostgreSQL, which is not running (./deploy.sh start postgres)"
+    pg_create_database nisshi
+  fi
+  mkdir -p "$TB_LOG_DIR"
+  log_info "starting nisshi broker on 127.0.0.1:$BROKER_PORT ($(broker_engine_name) storage engine)"
+  pid=$(cd "$TB_STATE_DIR" && pid_start broker "$log" "$TB_NISSHI_BIN" broker \
+    --cluster-id tributary \
+    --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --storage-engine "$(broker_engine)" \
+    --group-initial-rebalance-delay 100ms)
+  wait_for_port 127.0.0.1 "$BROKER_PORT" 30 broker || {
+    log_tail "$log"
+    die "the broker did not start (pid $pid)"
+  }
+}
+
+# ---------------------------------------------------------------- services
+
+# svc_start NAME: starts the service unless it runs already. Does not wait.
+svc_start() {
+  local name=$1 grpc http pid log="$TB_LOG_DIR/$1.log" bin="$TB_BIN_DIR/tributary-$1"
+  grpc=$(svc_grpc_port "$name")
+  http=$(svc_http_port "$name")
+  if pid=$(pid_get "$name"); then
+    log_info "$name already running (pid $pid)"
+    return 0
+  fi
+  [[ -x "$bin" ]] || die "$bin is missing (./deploy.sh up builds it)"
+  local port
+  for port in "$grpc" "$http"; do
+    port_open 127.0.0.1 "$port" && die "port $port ($name) is in use by a process this script did not start"
+  done
+  mkdir -p "$TB_LOG_DIR"
+  pid=$(
+    export TRIBUTARY_GRPC_ADDR="$CFG_BIND_HOST:$grpc"
+    export TRIBUTARY_HTTP_ADDR="$CFG_BIND_HOST:$http"
+    export TRIBUTARY_LOG_FORMAT="${TRIBUTARY_LOG_FORMAT:-text}"
+    # Every service exports its spans to the local trace sink, in batches
+    # sent every 500 ms so a test sees them promptly.
+    export TRIBUTARY_OTLP_ENDPOINT="http://127.0.0.1:$TRACE_SINK_PORT"
+    export OTEL_BSP_SCHEDULE_DELAY=500
+    TRIBUTARY_KAFKA_BROKERS="$(kafka_brokers)"
+    TRIBUTARY_DATABASE_URL="$(database_url)"
+    case $name in
+      ingest) export TRIBUTARY_KAFKA_BROKERS ;;
+      processor) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
+      query) export TRIBUTARY_DATABASE_URL ;;
+      admin) export TRIBUTARY_KAFKA_BROKERS ;;
+    esac
+    pid_start "$name" "$log" "$bin"
+  )
+  log_info "started $name (pid $pid), log $log"
+}
+
+svc_wait() {
+  local name=$1
+  wait_for_health "$name" "127.0.0.1:$(svc_grpc_port "$name")" "127.0.0.1:$(svc_http_port "$name")" 90 \
+    "$TB_LOG_DIR/$name.log" || die "$name did not become healthy (log: $TB_LOG_DIR/$name.log)"
+  log_info "$name healthy"
+}
+
+run_migrate() {
+  local log="$TB_LOG_DIR/migrate.log"
+  mkdir -p "$TB_LOG_DIR"
+  printf '\n==== %s migrate ====\n' "$(date -Is)" >>"$log"
+  log_info "migrating (schema and topics)"
+  # The DSN goes through the environment, so a password never shows in ps.
+  TRIBUTARY_DATABASE_URL="$(database_url)" "$TB_BIN_DIR/tributary-ctl" migrate \
+    --kafka-brokers "$(kafka_brokers)" --partitions "${TRIBUTARY_PARTITIONS:-6}" >>"$log" 2>&1 || {
+    log_tail "$log"
+    die "migrate failed (log: $log)"
+  }
+}
+
+check_external() {
+  if ! local_pg; then
+    PGCONNECT_TIMEOUT=5 "$TB_PG_BIN/pg_isready" -q -d "$CFG_POSTGRES" ||
+      die "PostgreSQL at $(redact_dsn "$CFG_POSTGRES") is not reachable"
+  fi
+  if ! local_broker; then
+    local first=${CFG_KAFKA%%,*}
+    port_open "${first%:*}" "${first##*:}" || die "broker $first is not reachable"
+  fi
+}
+
+# ---------------------------------------------------------------- trace sink, prometheus
+
+start_tracesink() {
+  local pid log="$TB_LOG_DIR/tracesink.log"
+  if pid=$(pid_get tracesink); then
+    log_info "trace sink already running (pid $pid)"
+    return 0
+  fi
+  port_open 127.0.0.1 "$TRACE_SINK_PORT" &&
+    die "port $TRACE_SINK_PORT (trace sink) is in use by a process this script did not start"
+  mkdir -p "$TB_LOG_DIR" "$(dirname "$TRACE_FILE")"
+  pid=$(pid_start tracesink "$log" "$TB_BIN_DIR/tributary-trace-sink" \
+    --listen "127.0.0.1:$TRACE_SINK_PORT" --output "$TRACE_FILE")
+  wait_for_port 127.0.0.1 "$TRACE_SINK_PORT" 30 tracesink || {
+    log_tail "$log"
+    die "the trace sink did not start (pid $pid)"
+  }
+  log_info "started the trace sink (pid $pid), spans in $TRACE_FILE"
+}
+
+start_prometheus() {
+  local pid log="$TB_LOG_DIR/prometheus.log"
+  if pid=$(pid_get prometheus); then
+    log_info "prometheus already running (pid $pid)"
+    return 0
+  fi
+  [[ -f "$PROM_CONFIG" ]] || die "$PROM_CONFIG is missing"
+  command -v prometheus >/dev/null || die "prometheus is not installed (apt-get install prometheus)"
+  port_open 127.0.0.1 "$PROMETHEUS_PORT" &&
+    die "port $PROMETHEUS_PORT (prometheus) is in use by a process this script did not start"
+  mkdir -p "$TB_LOG_DIR" "$TB_STATE_DIR/prometheus"
+  pid=$(pid_start prometheus "$log" "$(command -v prometheus)" \
+    --config.file="$PROM_CONFIG" \
+    --storage.tsdb.path="$TB_STATE_DIR/prometheus" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
+    --web.enable-lifecycle)
+  local i
+  for ((i = 0; i < 60; i++)); do
+    [[ "$(http_status "http://127.0.0.1:$PROMETHEUS_PORT/-/ready")" == 200 ]] && break
+    pid_alive prometheus || break
+    sleep 0.5
+  done
+  [[ "$(http_status "http://127.0.0.1:$PROMETHEUS_PORT/-/ready")" == 200 ]] || {
+    log_tail "$log"
+    die "prometheus did not become ready (pid $pid)"
+  }
+  log_info "started prometheus (pid $pid) on 127.0.0.1:$PROMETHEUS_PORT"
+}
+
+# ---------------------------------------------------------------- status
+
+# part_status PART: prints "STATE PID ADDRESS HEALTH" (tab separated); returns
+# 0 when the part is running (or external) and healthy.
+part_status() {
+  local part=$1 pid health addr
+  case $part in
+    postgres)
+      if ! local_pg; then
+        addr=$(redact_dsn "$CFG_POSTGRES")
+        if PGCONNECT_TIMEOUT=3 "$TB_PG_BIN/pg_isready" -q -d "$CFG_POSTGRES" 2>/dev/null; then
+          printf 'external\t-\t%s\treachable\n' "$addr"
+          return 0
+        fi
+        printf 'external\t-\t%s\tunreachable\n' "$addr"
+        return 1
+      fi
+      addr="127.0.0.1:$CFG_PG_PORT"
+      if pg_running; then
+        if "$TB_PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$CFG_PG_PORT" 2>/dev/null; then
+          printf 'running\t%s\t%s\taccepting-connections\n' "$(pg_pid)" "$addr"
+          return 0
+        fi
+        printf 'running\t%s\t%s\tnot-accepting\n' "$(pg_pid)" "$addr"
+        return 1
+      fi
+      printf 'stopped\t-\t%s\t-\n' "$addr"
+      return 1
+      ;;
+    broker)
+      if ! local_broker; then
+        local first=${CFG_KAFKA%%,*}
+        if port_open "${first%:*}" "${first##*:}"; then
+          printf 'external\t-\t%s\treachable\n' "$CFG_KAFKA"
+          return 0
+        fi
+        printf 'external\t-\t%s\tunreachable\n' "$CFG_KAFKA"
+        return 1
+      fi
+      addr="127.0.0.1:$BROKER_PORT"
+      if pid=$(pid_get broker); then
+        if port_open 127.0.0.1 "$BROKER_PORT"; then
+          printf 'running\t%s\t%s\tport-open(%s-engine)\n' "$pid" "$addr" "$(broker_engine_name)"
+          return 0
+        fi
+        printf 'running\t%s\t%s\tport-closed\n' "$pid" "$addr"
+        return 1
+      fi
+      printf 'stopped\t-\t%s\t-\n' "$addr"
+      return 1
+      ;;
+    tracesink)
+      addr="127.0.0.1:$TRACE_SINK_PORT"
+      if pid=$(pid_get tracesink); then
+        if port_open 127.0.0.1 "$TRACE_SINK_PORT"; then
+          printf 'running\t%s\t%s\tport-open\n' "$pid" "$addr"
+          return 0
+        fi
+        printf 'running\t%s\t%s\tport-closed\n' "$pid" "$addr"
+        return 1
+      fi
+      printf 'stopped\t-\t%s\t-\n' "$addr"
+      return 1
+      ;;
+    prometheus)
+      addr="http://127.0.0.1:$PROMETHEUS_PORT"
+      if pid=$(pid_get prometheus); then
+        ready=$(http_status "$addr/-/ready")
+        printf 'running\t%s\t%s\tready=%s\n' "$pid" "$addr" "$ready"
+        [[ "$ready" == 200 ]]
+        return
+      fi
+      printf 'stopped\t-\t%s\t-\n' "$addr"
+      return 1
+      ;;
+    *)
+      local grpc http ready
+      grpc=$(svc_grpc_port "$part")
+      http=$(svc_http_port "$part")
+      addr="grpc=$CFG_BIND_HOST:$grpc,http=$CFG_BIND_HOST:$http"
+      if pid=$(pid_get "$part"); then
+        health=$(grpc_health "127.0.0.1:$grpc")
+        ready=$(http_status "http://127.0.0.1:$http/ready")
+        printf 'running\t%s\t%s\tgrpc=%s,ready=%s\n' "$pid" "$addr" "$health" "$ready"
+        [[ "$health" == SERVING && "$ready" == 200 ]]
+        return
+      fi
+      printf 'stopped\t-\t%s\t-\n' "$addr"
+      return 1
+      ;;
+  esac
+}
+
+cmd_status() {
+  local porcelain=$1 part line rc=0 state pid addr health
+  load_saved_cfg || true
+  [[ "$porcelain" == 1 ]] || printf '%-10s %-9s %-8s %-42s %s\n' PART STATE PID ADDRESS HEALTH
+  for part in "${PARTS[@]}"; do
+    line=$(part_status "$part") || rc=1
+    IFS=$'\t' read -r state pid addr health <<<"$line"
+    if [[ "$porcelain" == 1 ]]; then
+      printf '%s %s %s %s\n' "$part" "$state" "$pid" "$health"
+    else
+      printf '%-10s %-9s %-8s %-42s %s\n' "$part" "$state" "$pid" "$addr" "$health"
+    fi
+  done
+  if [[ "$porcelain" != 1 ]]; then
+    echo
+    echo "options: $(cfg_summary)$([[ -f "$CFG_FILE" ]] || echo ' (defaults; nothing saved)')"
+    echo "logs:    $TB_LOG_DIR/{postgres,broker,migrate,tracesink,ingest,processor,query,admin,prometheus}.log"
+  fi
+  return "$rc"
+}
+
+anything_running() {
+  local s
+  pg_running && return 0
+  for s in broker tracesink "${SERVICES[@]}" prometheus; do
+    pid_alive "$s" && return 0
+  done
+  return 1
+}
+
+print_summary() {
+  local g="$TB_GRPCURL" s
+  cat <<EOF
+
+Tributary is up.
+
+  service    gRPC                 HTTP (/metrics /live /ready)   log
+EOF
+  for s in "${SERVICES[@]}"; do
+    printf '  %-10s %-20s %-30s %s\n' "$s" "$CFG_BIND_HOST:$(svc_grpc_port "$s")" \
+      "http://$CFG_BIND_HOST:$(svc_http_port "$s")" "$TB_LOG_DIR/$s.log"
+  done
+  echo
+  if local_broker; then
+    echo "  broker     $(kafka_brokers) (nisshi, $(broker_engine_name) engine)   log $TB_LOG_DIR/broker.log"
+  else
+    echo "  broker     $(kafka_brokers) (external)"
+  fi
+  if local_pg; then
+    echo "  postgres   $(database_url)   log $PG_LOG"
+  else
+    echo "  postgres   $(redact_dsn "$CFG_POSTGRES") (external)"
+  fi
+  echo "  migrate    log $TB_LOG_DIR/migrate.log"
+  echo "  tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans in $TRACE_FILE"
+  echo "  prometheus http://127.0.0.1:$PROMETHEUS_PORT (alerts: /alerts)   log $TB_LOG_DIR/prometheus.log"
+  cat <<EOF
+
+Try (grpcurl $TB_GRPCURL_VERSION is $g):
+  $g -plaintext 127.0.0.1:50051 list
+  $g -plaintext -d '{"event":{"eventType":"page.view","source":"web","userId":"u1","payload":{"path":"/"}}}' \\
+      127.0.0.1:50051 tributary.v1.IngestService/Publish
+  $g -plaintext -d '{"eventId":"ID-FROM-PUBLISH"}' 127.0.0.1:50052 tributary.v1.QueryService/GetEvent
+  $g -plaintext -d '{"filter":{"userId":"u1"},"pageSize":10}' 127.0.0.1:50052 tributary.v1.QueryService/ListEvents
+  $g -plaintext 127.0.0.1:50054 grpc.health.v1.Health/Check
+  $g -plaintext -emit-defaults -d '{"group":"tributary-processor"}' 127.0.0.1:50053 tributary.v1.AdminService/GetConsumerLag
+
+Status: ./deploy.sh status      Stop everything: ./deploy.sh down
+EOF
+}
+
+# ---------------------------------------------------------------- commands
+
+require_root() { [[ $EUID -eq 0 ]] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"; }
+
+cmd_up() {
+  local opt_set=$1 opt_kafka=$2 opt_postgres=$3 no_build=$4 s
+  require_root
+  local saved=0
+  load_saved_cfg && saved=1
+  local old old_key
+  old=$(cfg_summary)
+  old_key=$(cfg_key)
+  if [[ "$opt_set" == 1 ]]; then
+    CFG_KAFKA=$opt_kafka
+    CFG_POSTGRES=$opt_postgres
+  elif [[ "$saved" == 1 ]]; then
+    log_info "reusing the saved options: $old"
+  fi
+  CFG_PG_PORT=${TRIBUTARY_PG_PORT:-$CFG_PG_PORT}
+  CFG_BIND_HOST=${TRIBUTARY_BIND_HOST:-$CFG_BIND_HOST}
+  if [[ "$saved" == 1 && "$(cfg_key)" != "$old_key" ]] && anything_running; then
+    die "the deployment runs with other options ($old); run ./deploy.sh down first"
+  fi
+  [[ "$CFG_PG_PORT" =~ ^[0-9]+$ ]] || die "TRIBUTARY_PG_PORT must be a port number"
+  if ! local_broker; then
+    [[ "$CFG_KAFKA" =~ ^[^,:]+:[0-9]+(,[^,:]+:[0-9]+)*$ ]] || die "--kafka wants HOST:PORT[,HOST:PORT...]"
+  fi
+  save_cfg
+  log_info "options: $(cfg_summary)"
+
+  ensure_apt
+  ensure_grpcurl
+  local_broker && ensure_nisshi
+  if [[ "$no_build" == 1 ]]; then
+    require_binaries
+  else
+    ensure_rust_build
+  fi
+
+  local_pg && start_postgres
+  local_broker && start_broker
+  check_external
+  run_migrate
+  if pid_binary_replaced tracesink; then
+    pid_stop tracesink || die "could not stop tracesink"
+  fi
+  start_tracesink
+
+  for s in "${SERVICES[@]}"; do
+    if pid_binary_replaced "$s"; then
+      log_info "$s runs an older build: restarting it"
+      pid_stop "$s" || die "could not stop $s"
+    fi
+    svc_start "$s"
+  done
+  for s in "${SERVICES[@]}"; do
+    svc_wait "$s"
+  done
+  if pid_alive prometheus; then
+    # Rules or targets may have changed since it started.
+    curl -fsS -X POST "http://127.0.0.1:$PROMETHEUS_PORT/-/reload" >/dev/null ||
+      log_warn "prometheus did not reload its configuration"
+  fi
+  start_prometheus
+  print_summary
+}
+
+cmd_down() {
+  require_root
+  load_saved_cfg || true
+  local s failed=0
+  pid_stop prometheus || failed=1
+  for s in "${SERVICES[@]}"; do
+    pid_stop "$s" || failed=1
+  done
+  pid_stop tracesink || failed=1
+  pid_stop broker || failed=1
+  stop_postgres
+  ((failed == 0)) || die "some processes could not be stopped; see above"
+  rm -f "$CFG_FILE"
+  log_info "everything is stopped (data kept in $TB_STATE_DIR)"
+}
+
+valid_part() {
+  local p
+  for p in "${PARTS[@]}"; do [[ "$1" == "$p" ]] && return 0; done
+  return 1
+}
+
+cmd_start() {
+  local part=$1
+  require_root
+  load_saved_cfg || true
+  case $part in
+    postgres)
+      local_pg || die "this deployment uses an external PostgreSQL ($(redact_dsn "$CFG_POSTGRES"))"
+      ensure_apt postgresql
+      start_postgres
+      ;;
+    broker)
+      local_broker || die "this deployment uses an external broker ($CFG_KAFKA)"
+      ensure_nisshi
+      start_broker
+      ;;
+    tracesink) start_tracesink ;;
+    prometheus) start_prometheus ;;
+    *)
+      ensure_grpcurl
+      svc_start "$part"
+      svc_wait "$part"
+      ;;
+  esac
+}
+
+cmd_stop() {
+  local part=$1
+  require_root
+  load_saved_cfg || true
+  case $part in
+    postgres)
+      pid_alive broker && local_pg && log_warn "the broker stores its data in this PostgreSQL and is still running"
+      stop_postgres
+      ;;
+    *) pid_stop "$part" || die "could not stop $part" ;;
+  esac
+}
+
+main() {
+  local cmd="" part="" opt_set=0 opt_kafka="" opt_postgres="" no_build=0 porcelain=0
+  local up_opts=0 status_opts=0
+  while (($#)); do
+    case $1 in
+      -h | --help | help)
+        usage
+        return 0
+        ;;
+      --kafka | --postgres)
+        (($# >= 2)) || die "$1 needs a value"
+        [[ $1 == --kafka ]] && opt_kafka=$2 || opt_postgres=$2
+        [[ -n "$2" ]] || die "$1 needs a value"
+        opt_set=1 up_opts=1
+        shift 2
+        ;;
+      --kafka=* | --postgres=*)
+        [[ -n "${1#*=}" ]] || die "${1%%=*} needs a value"
+        [[ $1 == --kafka=* ]] && opt_kafka=${1#*=} || opt_postgres=${1#*=}
+        opt_set=1 up_opts=1
+        shift
+        ;;
+      --no-build)
+        no_build=1 up_opts=1
+        shift
+        ;;
+      --porcelain)
+        porcelain=1 status_opts=1
+        shift
+        ;;
+      -*) die "unknown option $1 (see --help)" ;;
+      up | down | status | start | stop)
+        [[ -z "$cmd" ]] || die "one command at a time (see --help)"
+        cmd=$1
+        shift
+        ;;
+      *)
+        if [[ ("$cmd" == start || "$cmd" == stop) && -z "$part" ]]; then
+          part=$1
+          shift
+        else
+          die "unknown command or argument '$1' (see --help)"
+        fi
+        ;;
+    esac
+  done
+  cmd=${cmd:-up}
+  [[ "$up_opts" == 0 || "$cmd" == up ]] || die "--kafka, --postgres and --no-build go with 'up'"
+  [[ "$status_opts" == 0 || "$cmd" == status ]] || die "--porcelain goes with 'status'"
+  if [[ "$cmd" == start || "$cmd" == stop ]]; then
+    [[ -n "$part" ]] || die "$cmd needs a PART: ${PARTS[*]}"
+    valid_part "$part" || die "unknown PART '$part': one of ${PARTS[*]}"
+  fi
+  case $cmd in
+    up) cmd_up "$opt_set" "$opt_kafka" "$opt_postgres" "$no_build" ;;
+    down) cmd_down ;;
+    status) cmd_status "$porcelain" ;;
+    start) cmd_start "$part" ;;
+    stop) cmd_stop "$part" ;;
+  esac
+}
+
+main "$@"

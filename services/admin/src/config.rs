@@ -1,0 +1,35 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tributary_platform::config::{ShutdownArgs, TelemetryArgs, parse_duration};
+
+/// The admin service. Every flag also reads a TRIBUTARY_* variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-admin", version, about)]
+pub struct Config {
+    /// gRPC listen address (AdminService, health, reflection, gRPC-Web).
+    #[arg(long, env = "TRIBUTARY_GRPC_ADDR", default_value = "0.0.0.0:50053")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (/metrics with the lag gauges, /live, /ready).
+    #[arg(long, env = "TRIBUTARY_HTTP_ADDR", default_value = "0.0.0.0:9604")]
+    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub kafka: tributary_kafka::KafkaArgs,
+    /// Consumer groups whose lag is exported (comma-separated).
+    #[arg(
+        long,
+        env = "TRIBUTARY_LAG_GROUPS",
+        value_delimiter = ',',
+        default_value = "tributary-processor"
+    )]
+    pub lag_groups: Vec<String>,
+    /// How often the lag gauges are refreshed. Each refresh costs one
+    /// committed-offsets request per group, one watermark request per
+    /// partition, and one single-record fetch per lagging partition.
+    #[arg(long, env = "TRIBUTARY_LAG_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub lag_poll_interval: Duration,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}

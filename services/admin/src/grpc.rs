@@ -1,0 +1,273 @@
+//! `tributary.v1.AdminService`: topics, consumer groups and lag. Replay, dead
+//! letters, the event-type registry and rules answer UNIMPLEMENTED until the
+//! admin-plane work lands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use tonic::{Request, Response, Status};
+use tributary_kafka::{KafkaArgs, KafkaError};
+use tributary_platform::status as pstatus;
+use tributary_proto::v1::admin_service_server::AdminService;
+use tributary_proto::v1::*;
+
+use crate::lag::LagMonitor;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct AdminApi {
+    pub kafka: KafkaArgs,
+    pub metadata: Arc<BaseConsumer>,
+    pub lag: Arc<LagMonitor>,
+}
+
+fn kafka_status(context: &str, e: &KafkaError) -> Status {
+    match e {
+        KafkaError::MissingTopic { topic } => {
+            Status::not_found(format!("no topic named {topic:?}"))
+        }
+        _ => pstatus::unavailable(context, e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+    context: &'static str,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| pstatus::internal(context, &e))?
+        .map_err(|e| kafka_status(context, &e))
+}
+
+fn describe(consumer: &BaseConsumer, name: &str) -> Result<Topic, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(name), TIMEOUT)?;
+    let Some(t) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+    else {
+        return Err(KafkaError::MissingTopic { topic: name.into() });
+    };
+    let mut partitions = Vec::with_capacity(t.partitions().len());
+    for p in t.partitions() {
+        let (earliest, end) = consumer.fetch_watermarks(name, p.id(), TIMEOUT)?;
+        partitions.push(TopicPartition {
+            partition: p.id(),
+            leader: p.leader(),
+            earliest_offset: earliest,
+            end_offset: end,
+        });
+    }
+    partitions.sort_by_key(|p| p.partition);
+    Ok(Topic {
+        name: name.to_owned(),
+        partition_count: i32::try_from(partitions.len()).unwrap_or(i32::MAX),
+        partitions,
+    })
+}
+
+fn unimplemented<T>(what: &str) -> Result<T, Status> {
+    Err(Status::unimplemented(format!(
+        "{what} is not implemented yet"
+    )))
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn list_topics(
+        &self,
+        request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let include_internal = request.into_inner().include_internal;
+        let consumer = self.metadata.clone();
+        let topics = blocking(
+            move || {
+                let metadata = consumer.fetch_metadata(None, TIMEOUT)?;
+                let mut names: Vec<String> = metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .filter(|n| include_internal || !n.starts_with("__"))
+                    .collect();
+                names.sort();
+                names.iter().map(|n| describe(&consumer, n)).collect()
+            },
+            "cannot list topics",
+        )
+        .await?;
+        Ok(Response::new(ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<Topic>, Status> {
+        let name = request.into_inner().name;
+        if name.is_empty() {
+            return Err(pstatus::invalid_argument(&[
+                tributary_proto::validate::FieldViolation {
+                    field: "name".into(),
+                    description: "is required".into(),
+                },
+            ]));
+        }
+        let consumer = self.metadata.clone();
+        let topic = blocking(
+            move || describe(&consumer, &name),
+            "cannot describe the topic",
+        )
+        .await?;
+        Ok(Response::new(topic))
+    }
+
+    async fn list_consumer_groups(
+        &self,
+        _request: Request<ListConsumerGroupsRequest>,
+    ) -> Result<Response<ListConsumerGroupsResponse>, Status> {
+        let consumer = self.metadata.clone();
+        let groups = blocking(
+            move || {
+                let list = consumer.fetch_group_list(None, TIMEOUT)?;
+                let mut groups: Vec<ConsumerGroup> = list
+                    .groups()
+                    .iter()
+                    .map(|g| ConsumerGroup {
+                        group: g.name().to_owned(),
+                        state: g.state().to_owned(),
+                        member_count: i32::try_from(g.members().len()).unwrap_or(i32::MAX),
+                        member_ids: g.members().iter().map(|m| m.id().to_owned()).collect(),
+                    })
+                    .collect();
+                groups.sort_by(|a, b| a.group.cmp(&b.group));
+                Ok(groups)
+            },
+            "cannot list consumer groups",
+        )
+        .await?;
+        Ok(Response::new(ListConsumerGroupsResponse { groups }))
+    }
+
+    async fn get_consumer_lag(
+        &self,
+        request: Request<GetConsumerLagRequest>,
+    ) -> Result<Response<ConsumerLag>, Status> {
+        let request = request.into_inner();
+        if request.group.is_empty() {
+            return Err(pstatus::invalid_argument(&[
+                tributary_proto::validate::FieldViolation {
+                    field: "group".into(),
+                    description: "is required".into(),
+                },
+            ]));
+        }
+        let topic = if request.topic.is_empty() {
+            self.kafka.topic.clone()
+        } else {
+            request.topic
+        };
+        let lag = self.lag.clone();
+        let (group, t) = (request.group.clone(), topic.clone());
+        let partitions = blocking(move || lag.measure(&group, &t), "cannot measure lag").await?;
+        let total_lag = partitions.iter().map(|p| p.lag).sum();
+        let max_time_lag = partitions
+            .iter()
+            .map(|p| p.time_lag)
+            .max()
+            .unwrap_or_default();
+        Ok(Response::new(ConsumerLag {
+            group: request.group,
+            topic: topic.clone(),
+            total_lag,
+            max_time_lag: prost_types::Duration::try_from(max_time_lag).ok(),
+            partitions: partitions
+                .into_iter()
+                .map(|p| tributary_proto::v1::PartitionLag {
+                    topic: topic.clone(),
+                    partition: p.partition,
+                    has_committed_offset: p.committed.is_some(),
+                    committed_offset: p.committed.unwrap_or(0),
+                    end_offset: p.end,
+                    lag: p.lag,
+                    time_lag: prost_types::Duration::try_from(p.time_lag).ok(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn reset_offsets(
+        &self,
+        _: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        unimplemented("ResetOffsets")
+    }
+
+    async fn list_dead_letters(
+        &self,
+        _: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        unimplemented("ListDeadLetters")
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        _: Request<RedriveDeadLettersRequest>,
+    ) -> Result<Response<RedriveDeadLettersResponse>, Status> {
+        unimplemented("RedriveDeadLetters")
+    }
+
+    async fn register_event_type(
+        &self,
+        _: Request<RegisterEventTypeRequest>,
+    ) -> Result<Response<EventType>, Status> {
+        unimplemented("RegisterEventType")
+    }
+
+    async fn get_event_type(
+        &self,
+        _: Request<GetEventTypeRequest>,
+    ) -> Result<Response<EventType>, Status> {
+        unimplemented("GetEventType")
+    }
+
+    async fn list_event_types(
+        &self,
+        _: Request<ListEventTypesRequest>,
+    ) -> Result<Response<ListEventTypesResponse>, Status> {
+        unimplemented("ListEventTypes")
+    }
+
+    async fn create_rule(&self, _: Request<CreateRuleRequest>) -> Result<Response<Rule>, Status> {
+        unimplemented("CreateRule")
+    }
+
+    async fn list_rules(
+        &self,
+        _: Request<ListRulesRequest>,
+    ) -> Result<Response<ListRulesResponse>, Status> {
+        unimplemented("ListRules")
+    }
+
+    async fn delete_rule(
+        &self,
+        _: Request<DeleteRuleRequest>,
+    ) -> Result<Response<DeleteRuleResponse>, Status> {
+        unimplemented("DeleteRule")
+    }
+
+    async fn list_alerts(
+        &self,
+        _: Request<ListAlertsRequest>,
+    ) -> Result<Response<ListAlertsResponse>, Status> {
+        unimplemented("ListAlerts")
+    }
+
+    async fn get_pipeline_status(
+        &self,
+        _: Request<GetPipelineStatusRequest>,
+    ) -> Result<Response<PipelineStatus>, Status> {
+        unimplemented("GetPipelineStatus")
+    }
+}

@@ -1,0 +1,159 @@
+//! The admin service: topics, consumer groups and lag over gRPC, and the lag
+//! exporter (`tributary_consumer_group_*` gauges the alert rules use).
+
+mod config;
+mod grpc;
+pub mod lag;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_proto::service_names;
+use tributary_proto::v1::admin_service_server::AdminServiceServer;
+
+pub use config::Config;
+
+pub struct Admin {
+    config: Config,
+    grpc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    registry: Registry,
+    api: grpc::AdminApi,
+}
+
+impl Admin {
+    pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
+        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
+        let http = http::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        tributary_platform::metrics::register_build_info(&registry, "admin")?;
+        let metadata: BaseConsumer = config
+            .kafka
+            .client_config()?
+            .set("group.id", "tributary-admin")
+            .create()?;
+        let lag = lag::LagMonitor::new(&config.kafka, &registry)?;
+        let api = grpc::AdminApi {
+            kafka: config.kafka.clone(),
+            metadata: Arc::new(metadata),
+            lag: Arc::new(lag),
+        };
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            registry,
+            api,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.http_addr)
+    }
+
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let token = shutdown::token_from(shutdown);
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let services: &'static [&'static str] = &[service_names::ADMIN];
+        let standard = pgrpc::standard(services).await?;
+        let grpc_metrics =
+            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
+        for (s, m) in pgrpc::methods_of(service_names::ADMIN) {
+            grpc_metrics.init_method(&s, &m);
+        }
+        let metadata = self.api.metadata.clone();
+        let topic = self.config.kafka.topic.clone();
+        let readiness: http::ReadinessCheck = Arc::new(move || {
+            let metadata = metadata.clone();
+            let topic = topic.clone();
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || {
+                    tributary_kafka::admin::partition_count(
+                        metadata.client(),
+                        &topic,
+                        Duration::from_secs(2),
+                    )
+                    .map(|_| ())
+                    .map_err(|e| format!("kafka: {e}"))
+                })
+                .await
+                .map_err(|e| format!("readiness task: {e}"))?
+            })
+        });
+        let http_task = tokio::spawn(http::serve(
+            self.http,
+            self.registry.clone(),
+            readiness.clone(),
+            token.clone(),
+        ));
+        let health_task = tokio::spawn(pgrpc::watch_health(
+            standard.health.clone(),
+            services,
+            readiness,
+            token.clone(),
+        ));
+        let exporter = tokio::spawn(export_lag(
+            self.api.lag.clone(),
+            self.config.lag_groups.clone(),
+            self.config.kafka.topic.clone(),
+            self.config.lag_poll_interval,
+            token.clone(),
+        ));
+        let mut routes = standard.routes;
+        routes.add_service(AdminServiceServer::new(self.api));
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, "admin serving");
+        let grace = self.config.shutdown.shutdown_grace;
+        pgrpc::serve(
+            self.grpc,
+            routes.routes(),
+            grpc_metrics,
+            token.clone(),
+            grace,
+        )
+        .await?;
+        token.cancel();
+        pgrpc::set_health(&standard.health, services, false).await;
+        health_task.abort();
+        exporter.abort();
+        if let Ok(Err(e)) = http_task.await {
+            tracing::warn!(error = %e, "HTTP port stopped with an error");
+        }
+        Ok(())
+    }
+}
+
+/// Refreshes the lag gauges every `interval`, one poll at a time (a slow
+/// broker delays the next poll instead of piling them up).
+async fn export_lag(
+    monitor: Arc<lag::LagMonitor>,
+    groups: Vec<String>,
+    topic: String,
+    interval: Duration,
+    token: shutdown::CancellationToken,
+) {
+    loop {
+        let (m, g, t) = (monitor.clone(), groups.clone(), topic.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || m.export(&g, &t)).await {
+            tracing::warn!(error = %e, "lag poll failed");
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
