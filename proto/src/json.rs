@@ -57,11 +57,11 @@ fn value_to_json_at(value: &Value, path: &mut String) -> Result<Json, JsonError>
     Ok(match &value.kind {
         None | Some(Kind::NullValue(_)) => Json::Null,
         Some(Kind::BoolValue(b)) => Json::Bool(*b),
-        Some(Kind::NumberValue(n)) => Json::Number(number(*n).ok_or_else(|| {
-            JsonError::NonFiniteNumber {
+        Some(Kind::NumberValue(n)) => {
+            Json::Number(number(*n).ok_or_else(|| JsonError::NonFiniteNumber {
                 path: display_path(path),
-            }
-        })?),
+            })?)
+        }
         Some(Kind::StringValue(s)) => {
             if s.contains('\0') {
                 return Err(JsonError::NulCharacter {

@@ -53,10 +53,7 @@ pub fn validate_event(
     if event.event_type.is_empty() {
         violation("event_type", "is required".into());
     } else if !is_event_type(&event.event_type) {
-        violation(
-            "event_type",
-            "must match ^[a-z][a-z0-9_.-]{0,63}$".into(),
-        );
+        violation("event_type", "must match ^[a-z][a-z0-9_.-]{0,63}$".into());
     }
     if !event.event_id.is_empty() && !is_event_id(&event.event_id) {
         violation("event_id", "must match ^[A-Za-z0-9._:-]{1,128}$".into());
@@ -67,7 +64,10 @@ pub fn validate_event(
         ("session_id", &event.session_id),
     ] {
         if value.chars().count() > MAX_TEXT_FIELD_CHARS {
-            violation(name, format!("must be at most {MAX_TEXT_FIELD_CHARS} characters"));
+            violation(
+                name,
+                format!("must be at most {MAX_TEXT_FIELD_CHARS} characters"),
+            );
         } else if value.contains('\0') {
             violation(name, "must not contain a NUL character".into());
         }
@@ -147,17 +147,16 @@ pub fn is_event_type(s: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= MAX_EVENT_TYPE_LEN
         && bytes[0].is_ascii_lowercase()
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && bytes[1..].iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 /// `^[A-Za-z0-9._:-]{1,128}$`
 pub fn is_event_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_EVENT_ID_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
@@ -237,7 +236,8 @@ mod tests {
         let ok = validate_event(&event("a"), "event", now);
         let ok = ok.ok();
         assert_eq!(
-            ok.as_ref().map(|v| (v.occurred_at.seconds, v.occurred_at.nanos)),
+            ok.as_ref()
+                .map(|v| (v.occurred_at.seconds, v.occurred_at.nanos)),
             Some((1_700_000_000, 123_456_000))
         );
         assert_eq!(ok.map(|v| v.payload_json), Some("{}".to_owned()));
@@ -250,7 +250,10 @@ mod tests {
                 .cloned()
                 .unwrap_or_default(),
         ));
-        assert_eq!(fields(validate_event(&big, "event", now)), ["event.payload"]);
+        assert_eq!(
+            fields(validate_event(&big, "event", now)),
+            ["event.payload"]
+        );
     }
 
     #[test]
