@@ -8,7 +8,9 @@
 #                 in one test and stays quiet in another)
 #   alerts        every alert has labels.severity page|ticket, summary, description
 #                 and a runbook_url whose anchor is a heading of docs/runbooks.md
-#   alertmanager  amtool check-config, and the routes: page -> pager, ticket -> ticket
+#   alertmanager  amtool check-config; the routes: page -> pager, ticket -> ticket;
+#                 and, on a throw-away Alertmanager on a free local port, that a
+#                 page inhibits the ticket of the same alert and nothing else
 #   config        promtool check config on prometheus.yml; prometheus-kubernetes.yml
 #                 with its kubernetes_sd_configs swapped for static targets (Debian's
 #                 promtool is built without Kubernetes discovery), so its relabelling
@@ -44,7 +46,7 @@ DEFAULT_METRICS_URLS="http://127.0.0.1:9601/metrics http://127.0.0.1:9602/metric
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   --list)
@@ -91,7 +93,11 @@ apt_install() {
 }
 
 need_promtool() { command -v promtool >/dev/null || apt_install prometheus; command -v promtool >/dev/null; }
-need_amtool() { command -v amtool >/dev/null || apt_install prometheus-alertmanager; command -v amtool >/dev/null; }
+need_amtool() {
+  command -v amtool >/dev/null || apt_install prometheus-alertmanager || return 1
+  command -v jq >/dev/null || apt_install jq || return 1
+  command -v amtool >/dev/null
+}
 need_yaml() { python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml; python3 -c 'import yaml' 2>/dev/null; }
 
 pkg_version() { node -e "console.log(require('$GS_DIR/node_modules/$1/package.json').version)" 2>/dev/null; }
@@ -127,29 +133,49 @@ check_rules() {
   local alert missing=()
   while read -r alert; do
     grep -q "alertname: $alert\$" "$PROM"/tests/*.yml || { missing+=("$alert (no test)"); continue; }
-    python3 - "$alert" "$PROM"/tests/*.yml <<'EOF' || missing+=("$alert (needs a firing and a quiet case)")
+    python3 - "$alert" "$PROM"/tests/*.yml <<'EOF' || missing+=("$alert (needs a test case where it fires and one where it never fires)")
 import re, sys
+# Per test case (an item of `tests:`): does the alert fire in one, and is
+# there one where every evaluation of it expects no alert (the case it must
+# ignore)?
 alert, files = sys.argv[1], sys.argv[2:]
 fires = quiet = False
 for f in files:
-    text = open(f).read()
-    for m in re.finditer(r"alertname: (\S+)\n\s+exp_alerts:(.*?)(?=\n\s+- eval_time:|\n\s*- name:|\n\s*promql_expr_test:|\Z)", text, re.S):
-        if m.group(1) != alert:
+    lines = open(f).read().split("\n")
+    try:
+        start = next(i for i, l in enumerate(lines) if re.match(r"^tests:\s*$", l))
+    except StopIteration:
+        continue
+    item = next((re.match(r"^(\s*)- ", l).group(1) for l in lines[start + 1:] if re.match(r"^\s*- ", l)), None)
+    if item is None:
+        continue
+    cases, cur = [], []
+    for l in lines[start + 1:]:
+        if l.startswith(item + "- "):
+            cases.append(cur)
+            cur = []
+        cur.append(l)
+    cases.append(cur)
+    for case in cases:
+        text = "\n".join(case)
+        evals = [m.group(1).strip() for m in re.finditer(
+            r"alertname: " + re.escape(alert) + r"\s*\n\s+exp_alerts:(.*?)(?=\n\s+- eval_time:|\n\s*promql_expr_test:|\Z)", text, re.S)]
+        if not evals:
             continue
-        if m.group(2).strip().startswith("[]"):
-            quiet = True
-        else:
+        if any(not e.startswith("[]") for e in evals):
             fires = True
+        else:
+            quiet = True
 sys.exit(0 if fires and quiet else 1)
 EOF
   done < <(grep -ho '^\s*- alert: *[A-Za-z0-9_]*' "$PROM"/rules/*.yml | awk '{print $3}' | sort -u)
   if ((${#missing[@]})); then
-    fail $name "alerts without tests: ${missing[*]}"
+    fail $name "alerts not covered: ${missing[*]}"
     return
   fi
-  local n
+  local n rule_files=("$PROM"/rules/*.yml)
   n=$(grep -c 'SUCCESS' "$log")
-  pass "$name ($(ls "$PROM"/rules/*.yml | wc -l) rule files, $n test files)"
+  pass "$name (${#rule_files[@]} rule files, $n test files)"
 }
 
 check_alerts() {
@@ -178,7 +204,47 @@ check_alertmanager() {
       return
     fi
   done
-  pass "$name (page -> pager, ticket -> ticket)"
+  # A real Alertmanager on a free port: a ticket is held back while the page
+  # of the same alert fires, and only then.
+  local am_bin port pid now alerts got
+  am_bin=$(command -v prometheus-alertmanager || command -v alertmanager)
+  if [[ -z "$am_bin" ]]; then
+    fail $name "no alertmanager binary (apt-get install -y prometheus-alertmanager)"
+    return
+  fi
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$am_bin" --config.file="$cfg" --storage.path="$WORK/am-data" --web.listen-address="127.0.0.1:$port" \
+    --cluster.listen-address= >"$WORK/am-run.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 50); do
+    curl -fsS -m 1 "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  alerts='[
+    {"labels": {"alertname": "TributaryTargetDown", "job": "tributary-query", "severity": "page"}},
+    {"labels": {"alertname": "TributaryTargetDown", "job": "tributary-query", "instance": "a:9603", "severity": "ticket"}},
+    {"labels": {"alertname": "TributaryTargetDown", "job": "tributary-ingest", "instance": "b:9601", "severity": "ticket"}},
+    {"labels": {"alertname": "TributaryDeadLetters", "job": "tributary-query", "severity": "ticket"}}]'
+  alerts=$(jq -c --arg now "$now" 'map(. + {startsAt: $now})' <<<"$alerts" 2>/dev/null) || alerts=""
+  got=""
+  if [[ -n "$alerts" ]] && curl -fsS -m 5 -H 'Content-Type: application/json' -d "$alerts" \
+    "http://127.0.0.1:$port/api/v2/alerts" >/dev/null 2>>"$WORK/am-run.log"; then
+    sleep 1
+    got=$(curl -fsS -m 5 "http://127.0.0.1:$port/api/v2/alerts" 2>>"$WORK/am-run.log" |
+      jq -r 'sort_by(.labels.alertname, .labels.job, .labels.severity)
+             | map("\(.labels.alertname)/\(.labels.job)/\(.labels.severity)=\(.status.state)") | join(" ")' 2>>"$WORK/am-run.log")
+  fi
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  local want="TributaryDeadLetters/tributary-query/ticket=active TributaryTargetDown/tributary-ingest/ticket=active TributaryTargetDown/tributary-query/page=active TributaryTargetDown/tributary-query/ticket=suppressed"
+  if [[ "$got" != "$want" ]]; then
+    echo "expected: $want" >>"$WORK/am-run.log"
+    echo "got:      $got" >>"$WORK/am-run.log"
+    fail $name "inhibition: a ticket is not held back exactly while the page of the same alert fires" "$WORK/am-run.log"
+    return
+  fi
+  pass "$name (page -> pager, ticket -> ticket; a page inhibits its own ticket, checked on a running Alertmanager)"
 }
 
 check_config() {
@@ -230,8 +296,14 @@ check_promql() {
     return
   fi
   if ! promtool check rules "$file" >"$log" 2>&1; then
-    cat "$file.index" >>"$log"
-    fail $name "an expression does not parse (check:expr_N names are listed after promtool's output)" "$log"
+    # Name the source of each expression promtool refused.
+    local ids
+    ids=$(grep -o '"check:expr_[0-9]*"' "$log" | tr -d '"' | sort -u)
+    {
+      echo "where:"
+      for id in $ids; do grep "^$id: " "$file.index"; done
+    } >>"$log"
+    fail $name "$(grep -c '"check:expr_' "$log") expression(s) do not parse" "$log"
     return
   fi
   # The extractor must see every rule promtool sees (it also feeds the metrics check).
@@ -245,7 +317,7 @@ check_promql() {
 }
 
 check_dashboards() {
-  local name=dashboards-typecheck log="$WORK/tsc.log" f base uids
+  local name=dashboards-typecheck log="$WORK/tsc.log" f base dashboards=("$OBS"/grafana/dashboards/*.json)
   need_grafana_schema || { fail $name "cannot install @grafana/schema@$GRAFANA_SCHEMA_VERSION and typescript into $GS_DIR"; return; }
   # Static rules first: parseable JSON, unique uids, the datasource and job variables.
   if ! python3 - "$OBS"/grafana/dashboards/*.json >"$log" 2>&1 <<'EOF'; then
@@ -294,6 +366,7 @@ EOF
     base=$(basename "$f" .json)
     {
       echo "import type { Dashboard } from '@grafana/schema';"
+      # shellcheck disable=SC2016 # TypeScript, not shell
       echo 'type Json<T> = T extends string ? `${T}` : T extends (infer U)[] ? Json<U>[] : T extends object ? { [K in keyof T]: Json<T[K]> } : T;'
       printf 'export const dashboard = ('
       cat "$f"
@@ -309,7 +382,7 @@ EOF
     fail $name "tsc: a dashboard does not match @grafana/schema $GRAFANA_SCHEMA_VERSION's Dashboard (error line = JSON line + 2)" "$log"
     return
   fi
-  pass "$name ($(ls "$OBS"/grafana/dashboards/*.json | wc -l) dashboards against @grafana/schema $GRAFANA_SCHEMA_VERSION Dashboard, typescript $TYPESCRIPT_VERSION)"
+  pass "$name (${#dashboards[@]} dashboards against @grafana/schema $GRAFANA_SCHEMA_VERSION Dashboard, typescript $TYPESCRIPT_VERSION)"
 }
 
 check_otel() {
