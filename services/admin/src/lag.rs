@@ -166,13 +166,20 @@ impl LagMonitor {
         for group in groups {
             match self.measure(group, topic) {
                 Ok(lags) => self.metrics.set(group, topic, &lags),
-                Err(e) => tracing::warn!(group, error = %e, "cannot measure consumer lag"),
+                Err(e) => {
+                    // Frozen values would look like a stalled consumer; no
+                    // series says "unknown" (the target-down alert covers it).
+                    tracing::warn!(group, error = %e, "cannot measure consumer lag; its series are withdrawn");
+                    self.metrics.clear(group, topic);
+                }
             }
         }
     }
 }
 
 struct LagMetrics {
+    /// Partitions last exported per group, to withdraw them when a poll fails.
+    exported: Mutex<HashMap<String, Vec<i32>>>,
     committed: IntGaugeVec,
     end: IntGaugeVec,
     lag: IntGaugeVec,
@@ -196,6 +203,7 @@ impl LagMetrics {
         )?;
         registry.register(Box::new(lag_seconds.clone()))?;
         Ok(Self {
+            exported: Mutex::new(HashMap::new()),
             committed: int(
                 "tributary_consumer_group_committed_offset",
                 "Offset the group committed (absent for a partition it never committed on)",
@@ -216,6 +224,10 @@ impl LagMetrics {
     }
 
     fn set(&self, group: &str, topic: &str, lags: &[PartitionLag]) {
+        self.exported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(group.to_owned(), lags.iter().map(|l| l.partition).collect());
         for l in lags {
             let p = l.partition.to_string();
             if let Some(c) = l.committed {
@@ -226,6 +238,23 @@ impl LagMetrics {
             self.lag_seconds
                 .with_label_values(&[group, topic, &p])
                 .set(l.time_lag.as_secs_f64());
+        }
+    }
+}
+
+impl LagMetrics {
+    fn clear(&self, group: &str, topic: &str) {
+        let partitions = self
+            .exported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(group)
+            .unwrap_or_default();
+        for p in partitions {
+            let p = p.to_string();
+            let _ = self.committed.remove_label_values(&[group, topic, &p]);
+            let _ = self.lag.remove_label_values(&[group, topic, &p]);
+            let _ = self.lag_seconds.remove_label_values(&[group, topic, &p]);
         }
     }
 }
