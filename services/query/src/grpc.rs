@@ -131,11 +131,37 @@ impl QueryService for QueryApi {
 
     async fn aggregate_events(
         &self,
-        _request: Request<AggregateEventsRequest>,
+        request: Request<AggregateEventsRequest>,
     ) -> Result<Response<AggregateEventsResponse>, Status> {
-        Err(Status::unimplemented(
-            "AggregateEvents is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let filter = store_filter(&request.filter.unwrap_or_default())?;
+        let plan = crate::aggregate::plan(&request.group_by, &request.measures, request.limit)
+            .map_err(|v| pstatus::invalid_argument(&v))?;
+        let result = async {
+            let client = self.pool.get().await?;
+            tributary_store::aggregate::aggregate(
+                &client,
+                &filter,
+                &plan.groups,
+                &plan.measures,
+                plan.limit,
+            )
+            .await
+        }
+        .instrument(db_span("aggregate"))
+        .await;
+        let aggregation = match result {
+            Ok(a) => a,
+            // A time zone PostgreSQL does not know, and the like.
+            Err(e) if e.is_data_error() => {
+                return Err(violation(
+                    "group_by",
+                    e.db_message().unwrap_or_else(|| e.to_string()),
+                ));
+            }
+            Err(e) => return Err(store_status("cannot aggregate events", &e)),
+        };
+        Ok(Response::new(crate::aggregate::response(plan, aggregation)))
     }
 
     type TailEventsStream = Pin<Box<dyn Stream<Item = Result<StoredEvent, Status>> + Send>>;

@@ -1,5 +1,6 @@
 //! The query service: reads stored events back.
 
+mod aggregate;
 mod config;
 mod grpc;
 mod page_token;

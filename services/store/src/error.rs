@@ -31,6 +31,14 @@ impl StoreError {
         }
     }
 
+    /// PostgreSQL's own message, when the server answered with an error.
+    pub fn db_message(&self) -> Option<String> {
+        match self {
+            Self::Db(e) => e.as_db_error().map(|d| d.message().to_owned()),
+            _ => None,
+        }
+    }
+
     /// The database refused this data (SQLSTATE class 22 or 23): retrying the
     /// same rows fails again, so they must be isolated.
     pub fn is_data_error(&self) -> bool {

@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool (with its gauges), embedded versioned
 //! migrations, and the typed queries the services run.
 
+pub mod aggregate;
 mod error;
 pub mod events;
 pub mod migrate;

@@ -14,10 +14,16 @@ pub struct Migration {
 }
 
 /// In order. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: "20261121230000_events_and_dead_letters",
-    sql: include_str!("../migrations/20261121230000_events_and_dead_letters.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: "20261121230000_events_and_dead_letters",
+        sql: include_str!("../migrations/20261121230000_events_and_dead_letters.sql"),
+    },
+    Migration {
+        version: "20261122004500_query_depth",
+        sql: include_str!("../migrations/20261122004500_query_depth.sql"),
+    },
+];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.
 const LOCK_KEY: i64 = 0x7472_6962_7574_6172; // "tributar"

@@ -283,3 +283,203 @@ async fn get_event_and_bad_requests() {
     assert_eq!(bad_path.code(), Code::InvalidArgument);
     token.cancel();
 }
+
+mod aggregate {
+    use super::*;
+    use tributary_proto::v1::{
+        AggregateEventsRequest, Aggregation, BucketWidth, EventField, GroupBy, Measure, TimeBucket,
+        group_by,
+    };
+
+    fn num(v: &prost_types::Value) -> f64 {
+        match v.kind {
+            Some(prost_types::value::Kind::NumberValue(n)) => n,
+            _ => f64::NAN,
+        }
+    }
+
+    fn text(v: &prost_types::Value) -> String {
+        match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => s.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_measures_and_skips_like_independent_arithmetic() {
+        let db = TestDb::new().await.unwrap();
+        // 60 employees: gender cycles F/M/X, salary from a formula, birth month
+        // cycles 1..12; every 7th has no salary and every 11th a text salary.
+        let mut rows = Vec::new();
+        let mut expected: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+        let mut skipped = 0;
+        let mut per_month = [0i64; 12];
+        for i in 0..60u64 {
+            let gender = ["F", "M", "X"][(i % 3) as usize];
+            let month = (i % 12) + 1;
+            per_month[(month - 1) as usize] += 1;
+            let salary = 30_000 + (i * 937) % 50_000;
+            let salary_json = if i % 7 == 0 {
+                skipped += 1;
+                String::new()
+            } else if i % 11 == 0 {
+                skipped += 1;
+                format!(r#","salary":"{salary}""#)
+            } else {
+                let e = expected.entry(gender.to_owned()).or_default();
+                e.0 += salary as f64;
+                e.1 += 1.0;
+                format!(r#","salary":{salary}"#)
+            };
+            let payload = format!(
+                r#"{{"gender":"{gender}","birth_date":"1990-{month:02}-15T08:00:00Z"{salary_json}}}"#
+            );
+            let kind = if i % 2 == 0 {
+                "employee.hired"
+            } else {
+                "employee.updated"
+            };
+            rows.push(row(
+                &format!("emp-{i}"),
+                kind,
+                &format!("u{i}"),
+                i * 600,
+                &payload,
+            ));
+        }
+        let pg = db.pool.get().await.unwrap();
+        insert_events(&pg, &rows).await.unwrap();
+        let (mut client, token) = start(&db).await;
+
+        let by_gender = client
+            .aggregate_events(AggregateEventsRequest {
+                filter: None,
+                group_by: vec![GroupBy {
+                    key: Some(group_by::Key::PayloadPath("/gender".into())),
+                }],
+                measures: vec![
+                    Measure {
+                        aggregation: Aggregation::Avg as i32,
+                        payload_path: "/salary".into(),
+                    },
+                    Measure {
+                        aggregation: Aggregation::Count as i32,
+                        payload_path: String::new(),
+                    },
+                ],
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_gender.columns, ["/gender", "avg(/salary)", "count"]);
+        assert_eq!(by_gender.skipped, skipped);
+        let got: Vec<(String, f64, f64)> = by_gender
+            .rows
+            .iter()
+            .map(|r| (text(&r.group[0]), num(&r.values[0]), num(&r.values[1])))
+            .collect();
+        let want: Vec<(String, f64, f64)> = expected
+            .iter()
+            .map(|(g, (sum, n))| (g.clone(), sum / n, 20.0))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.0, w.0);
+            assert!((g.1 - w.1).abs() < 1e-6, "{g:?} vs {w:?}");
+            assert_eq!(g.2, w.2);
+        }
+
+        let by_birth_month = client
+            .aggregate_events(AggregateEventsRequest {
+                filter: None,
+                group_by: vec![GroupBy {
+                    key: Some(group_by::Key::TimeBucket(TimeBucket {
+                        width: BucketWidth::Month as i32,
+                        time_zone: "UTC".into(),
+                        payload_path: "/birth_date".into(),
+                    })),
+                }],
+                measures: vec![],
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let months: Vec<(String, f64)> = by_birth_month
+            .rows
+            .iter()
+            .map(|r| (text(&r.group[0]), num(&r.values[0])))
+            .collect();
+        let want: Vec<(String, f64)> = (1..=12)
+            .map(|m| (format!("1990-{m:02}-01T00:00:00Z"), per_month[m - 1] as f64))
+            .collect();
+        assert_eq!(months, want);
+
+        // Hourly counts by type: events are 10 minutes apart from a whole hour.
+        let hourly = client
+            .aggregate_events(AggregateEventsRequest {
+                filter: Some(EventFilter {
+                    event_types: vec!["employee.hired".into()],
+                    ..Default::default()
+                }),
+                group_by: vec![
+                    GroupBy {
+                        key: Some(group_by::Key::Field(EventField::EventType as i32)),
+                    },
+                    GroupBy {
+                        key: Some(group_by::Key::TimeBucket(TimeBucket {
+                            width: BucketWidth::Hour as i32,
+                            time_zone: "Europe/Berlin".into(),
+                            payload_path: String::new(),
+                        })),
+                    },
+                ],
+                measures: vec![Measure {
+                    aggregation: Aggregation::CountDistinctUsers as i32,
+                    payload_path: String::new(),
+                }],
+                limit: 3,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // 1_800_000_000 is 08:00 UTC; six events an hour, three of them hires.
+        let first: Vec<(String, String, f64)> = hourly
+            .rows
+            .iter()
+            .map(|r| (text(&r.group[0]), text(&r.group[1]), num(&r.values[0])))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                ("employee.hired".into(), "2027-01-15T08:00:00Z".into(), 3.0),
+                ("employee.hired".into(), "2027-01-15T09:00:00Z".into(), 3.0),
+                ("employee.hired".into(), "2027-01-15T10:00:00Z".into(), 3.0),
+            ]
+        );
+
+        let bad_zone = client
+            .aggregate_events(AggregateEventsRequest {
+                filter: None,
+                group_by: vec![GroupBy {
+                    key: Some(group_by::Key::TimeBucket(TimeBucket {
+                        width: BucketWidth::Day as i32,
+                        time_zone: "Mars/Olympus_Mons".into(),
+                        payload_path: String::new(),
+                    })),
+                }],
+                measures: vec![],
+                limit: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_zone.code(), Code::InvalidArgument);
+        assert!(
+            bad_zone.message().contains("Mars/Olympus_Mons"),
+            "{}",
+            bad_zone.message()
+        );
+        token.cancel();
+    }
+}
