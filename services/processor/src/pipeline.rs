@@ -210,10 +210,20 @@ impl Pipeline {
         async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            let inserted = events::insert_events(&tx, rows).await?;
+            let inserted: std::collections::HashSet<String> = events::insert_events(&tx, rows)
+                .await?
+                .into_iter()
+                .collect();
             events::insert_dead_letters(&tx, poison).await?;
+            // Tailing clients hear of the new rows when (and only if) they commit.
+            let positions = rows
+                .iter()
+                .filter(|r| inserted.contains(&r.event_id))
+                .map(|r| (r.partition, r.offset));
+            tributary_store::tail::notify_committed(&tx, &tributary_store::tail::ranges(positions))
+                .await?;
             tx.commit().await?;
-            Ok(inserted.into_iter().collect())
+            Ok(inserted)
         }
         .instrument(span)
         .await

@@ -25,6 +25,7 @@ pub const MAX_PAGE_SIZE: i64 = 1000;
 #[derive(Clone)]
 pub struct QueryApi {
     pub pool: Pool,
+    pub tail: crate::tail::TailHub,
 }
 
 fn db_span(operation: &'static str) -> tracing::Span {
@@ -168,9 +169,10 @@ impl QueryService for QueryApi {
 
     async fn tail_events(
         &self,
-        _request: Request<TailEventsRequest>,
+        request: Request<TailEventsRequest>,
     ) -> Result<Response<Self::TailEventsStream>, Status> {
-        Err(Status::unimplemented("TailEvents is not implemented yet"))
+        let filter = store_filter(&request.into_inner().filter.unwrap_or_default())?;
+        Ok(Response::new(Box::pin(self.tail.subscribe(filter))))
     }
 }
 

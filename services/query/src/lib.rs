@@ -4,6 +4,7 @@ mod aggregate;
 mod config;
 mod grpc;
 mod page_token;
+mod tail;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,9 +91,17 @@ impl Query {
             readiness,
             token.clone(),
         ));
+        let hub = tail::TailHub::new(token.clone());
+        let listener = tokio::spawn(tail::listen(
+            self.config.database_url.clone(),
+            self.pool.clone(),
+            hub.clone(),
+            token.clone(),
+        ));
         let mut routes = standard.routes;
         routes.add_service(QueryServiceServer::new(grpc::QueryApi {
             pool: self.pool.clone(),
+            tail: hub,
         }));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "query serving");
         let grace = self.config.shutdown.shutdown_grace;
@@ -107,6 +116,7 @@ impl Query {
         token.cancel();
         pgrpc::set_health(&standard.health, services, false).await;
         health_task.abort();
+        listener.abort();
         if let Ok(Err(e)) = http_task.await {
             tracing::warn!(error = %e, "HTTP port stopped with an error");
         }

@@ -144,10 +144,10 @@ pub async fn insert_dead_letters(
     Ok(inserted)
 }
 
-const EVENT_COLUMNS: &str = "event_id, event_type, source, user_id, session_id, occurred_at, \
+pub(crate) const EVENT_COLUMNS: &str = "event_id, event_type, source, user_id, session_id, occurred_at, \
      received_at, persisted_at, payload, kafka_partition, kafka_offset, trace_id, schema_version";
 
-fn event_row(r: &tokio_postgres::Row) -> EventRow {
+pub(crate) fn event_row(r: &tokio_postgres::Row) -> EventRow {
     EventRow {
         event_id: r.get(0),
         event_type: r.get(1),

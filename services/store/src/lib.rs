@@ -6,6 +6,7 @@ mod error;
 pub mod events;
 pub mod migrate;
 pub mod pool;
+pub mod tail;
 
 pub use error::StoreError;
 pub use pool::{Pool, PoolConfig};

@@ -483,3 +483,68 @@ mod aggregate {
         token.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_delivers_committed_matching_events_only() {
+    use tributary_proto::v1::TailEventsRequest;
+    use tributary_store::tail::{notify_committed, ranges};
+    let db = TestDb::new().await.unwrap();
+    let (mut client, token) = start(&db).await;
+    let mut tail = client
+        .tail_events(TailEventsRequest {
+            filter: Some(EventFilter {
+                user_id: "tailed".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The listener connects in the background; announce until it hears.
+    let mut pg = db.pool.get().await.unwrap();
+    let mut received = None;
+    for round in 0..50i64 {
+        let tx = pg.transaction().await.unwrap();
+        let mut hit = row(&format!("t-{round}"), "page.view", "tailed", 100, "{}");
+        hit.offset = round * 2;
+        let mut miss = row(&format!("o-{round}"), "page.view", "other", 100, "{}");
+        miss.offset = round * 2 + 1;
+        insert_events(&tx, &[hit, miss]).await.unwrap();
+        notify_committed(&tx, &ranges([(0, round * 2), (0, round * 2 + 1)]))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        if let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(200), tail.message())
+            .await
+            .map(|m| m.transpose())
+        {
+            received = Some(e);
+            break;
+        }
+    }
+    let first = received.expect("a tailed event");
+    assert_eq!(first.event.as_ref().unwrap().user_id, "tailed");
+    // Later announcements arrive too, and never the other user's events.
+    let tx = pg.transaction().await.unwrap();
+    let mut later = row("t-later", "page.view", "tailed", 200, "{}");
+    later.offset = 1000;
+    insert_events(&tx, &[later]).await.unwrap();
+    notify_committed(&tx, &ranges([(0, 1000)])).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut ids = Vec::new();
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(3), tail.message()).await {
+        ids.push(e.event.unwrap().event_id);
+        if ids.last().map(String::as_str) == Some("t-later") {
+            break;
+        }
+    }
+    assert!(ids.iter().all(|id| id.starts_with("t-")), "{ids:?}");
+    assert_eq!(ids.last().map(String::as_str), Some("t-later"));
+
+    // A stopping service ends the tail with UNAVAILABLE rather than hanging.
+    token.cancel();
+    let end = tokio::time::timeout(Duration::from_secs(5), tail.message())
+        .await
+        .unwrap();
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+}

@@ -1,0 +1,232 @@
+//! TailEvents: one LISTEN connection per query replica reads each announced
+//! batch once and fans it out to every tailing client, so N clients cost
+//! PostgreSQL one query per batch, not N (and nothing while no one tails).
+//! Each client filters in memory and has a bounded buffer: a client that
+//! falls behind is ended with RESOURCE_EXHAUSTED instead of growing memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+use tributary_platform::shutdown::CancellationToken;
+use tributary_proto::v1::StoredEvent;
+use tributary_store::Pool;
+use tributary_store::events::{EventFilter, EventRow};
+
+/// Events buffered per client before it counts as too slow.
+pub const CLIENT_BUFFER: usize = 1024;
+/// Batches the hub holds for a client that has not read them yet.
+const HUB_CAPACITY: usize = 256;
+
+#[derive(Clone)]
+pub struct TailHub {
+    batches: broadcast::Sender<Arc<Vec<EventRow>>>,
+    /// Ends every tail when the service stops, so they do not hold up the drain.
+    shutdown: CancellationToken,
+}
+
+impl TailHub {
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            batches: broadcast::channel(HUB_CAPACITY).0,
+            shutdown,
+        }
+    }
+
+    /// Follows announced batches: events matching `filter` go to the returned
+    /// stream until the client leaves.
+    pub fn subscribe(
+        &self,
+        filter: EventFilter,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<StoredEvent, Status>> {
+        let mut batches = self.batches.subscribe();
+        let shutdown = self.shutdown.clone();
+        // One slot more than the buffer: room for the final status.
+        let (tx, rx) = mpsc::channel(CLIENT_BUFFER + 1);
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    () = tx.closed() => return,
+                    () = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable("the query service is stopping; reconnect")));
+                        return;
+                    }
+                    b = batches.recv() => b,
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.try_send(Err(too_slow(&format!("missed {n} batches"))));
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ =
+                            tx.try_send(Err(Status::unavailable("the query service is stopping")));
+                        return;
+                    }
+                };
+                for row in batch.iter().filter(|r| matches(&filter, r)) {
+                    if tx.capacity() <= 1 {
+                        let _ = tx.try_send(Err(too_slow("its buffer is full")));
+                        return;
+                    }
+                    if tx
+                        .try_send(Ok(crate::grpc::stored_event(row.clone())))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    pub fn clients(&self) -> usize {
+        self.batches.receiver_count()
+    }
+}
+
+fn too_slow(why: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "tail client too slow ({why}; at most {CLIENT_BUFFER} events are buffered); reconnect and read faster, or narrow the filter"
+    ))
+}
+
+/// Listens for committed batches until `token` is cancelled, reconnecting
+/// with backoff. Batches committed while disconnected are not replayed: a
+/// tail is a live view (ListEvents reads the history).
+pub async fn listen(database_url: String, pool: Pool, hub: TailHub, token: CancellationToken) {
+    let mut attempt: u32 = 0;
+    loop {
+        match listen_once(&database_url, &pool, &hub, &token).await {
+            Ok(()) => return,
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                let pause = Duration::from_millis(200 * u64::from(attempt.min(25)));
+                tracing::warn!(attempt, error = %e, retry_in = ?pause, "tail listener disconnected");
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn listen_once(
+    database_url: &str,
+    pool: &Pool,
+    hub: &TailHub,
+    token: &CancellationToken,
+) -> Result<(), String> {
+    let (client, mut connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (notes_tx, mut notes) = mpsc::unbounded_channel::<String>();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if notes_tx.send(n.payload().to_owned()).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("connection closed".to_owned())
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", tributary_store::tail::CHANNEL))
+        .await
+        .map_err(|e| format!("LISTEN: {e}"))?;
+    tracing::info!("tail listener connected");
+    loop {
+        let payload = tokio::select! {
+            () = token.cancelled() => { driver.abort(); return Ok(()); }
+            p = notes.recv() => p,
+        };
+        let Some(payload) = payload else {
+            return Err(match driver.await {
+                Ok(Err(e)) => e,
+                _ => "listener connection ended".to_owned(),
+            });
+        };
+        if hub.clients() == 0 {
+            continue;
+        }
+        let Some(ranges) = tributary_store::tail::decode(&payload) else {
+            tracing::warn!(payload, "ignoring a malformed tail notification");
+            continue;
+        };
+        let rows = async {
+            let c = pool.get().await?;
+            tributary_store::tail::rows_in(&c, &ranges).await
+        }
+        .await;
+        match rows {
+            Ok(rows) if !rows.is_empty() => {
+                let _ = hub.batches.send(Arc::new(rows));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a committed batch for tailing clients")
+            }
+        }
+    }
+}
+
+/// The same filter ListEvents applies in SQL, applied to one row.
+pub fn matches(filter: &EventFilter, row: &EventRow) -> bool {
+    (filter.event_types.is_empty() || filter.event_types.contains(&row.event_type))
+        && filter.source.as_ref().is_none_or(|v| *v == row.source)
+        && filter.user_id.as_ref().is_none_or(|v| *v == row.user_id)
+        && filter
+            .session_id
+            .as_ref()
+            .is_none_or(|v| *v == row.session_id)
+        && filter.occurred_after.is_none_or(|t| row.occurred_at >= t)
+        && filter.occurred_before.is_none_or(|t| row.occurred_at < t)
+        && filter
+            .payload_contains
+            .iter()
+            .all(|doc| contains(&row.payload, doc))
+}
+
+/// PostgreSQL's `jsonb @>` for the documents payload matches build.
+fn contains(value: &serde_json::Value, doc: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (value, doc) {
+        (Value::Object(v), Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| v.get(k).is_some_and(|vv| contains(vv, dv))),
+        (Value::Array(v), Value::Array(d)) => {
+            d.iter().all(|dv| v.iter().any(|vv| contains(vv, dv)))
+        }
+        // A top-level array contains a bare scalar in jsonb.
+        (Value::Array(v), d) if !d.is_object() && !d.is_array() => v.iter().any(|vv| vv == d),
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containment_follows_jsonb() {
+        let payload = json!({"order": {"country": "DE", "amount": 3, "tags": ["a", "b"]}});
+        assert!(contains(&payload, &json!({"order": {"country": "DE"}})));
+        assert!(contains(&payload, &json!({"order": {"amount": 3.0}})));
+        assert!(contains(&payload, &json!({"order": {"tags": ["b"]}})));
+        assert!(!contains(&payload, &json!({"order": {"country": "FR"}})));
+        assert!(!contains(&payload, &json!({"missing": 1})));
+    }
+}
