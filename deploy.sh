@@ -307,7 +307,7 @@ svc_start() {
       ingest) export TRIBUTARY_KAFKA_BROKERS ;;
       processor) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
       query) export TRIBUTARY_DATABASE_URL ;;
-      admin) export TRIBUTARY_KAFKA_BROKERS ;;
+      admin) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
     esac
     pid_start "$name" "$log" "$bin"
   )

@@ -15,6 +15,14 @@ pub struct Config {
     pub http_addr: SocketAddr,
     #[command(flatten)]
     pub kafka: tributary_kafka::KafkaArgs,
+    /// PostgreSQL connection URL (dead letters, replay by time).
+    #[arg(
+        long,
+        env = "TRIBUTARY_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary",
+        hide_default_value = true
+    )]
+    pub database_url: String,
     /// Consumer groups whose lag is exported (comma-separated).
     #[arg(
         long,

@@ -21,9 +21,12 @@ pub struct AdminApi {
     pub kafka: KafkaArgs,
     pub metadata: Arc<BaseConsumer>,
     pub lag: Arc<LagMonitor>,
+    pub pool: tributary_store::Pool,
+    /// Re-publishes redriven dead letters.
+    pub producer: tributary_kafka::producer::Producer,
 }
 
-fn kafka_status(context: &str, e: &KafkaError) -> Status {
+pub(crate) fn kafka_status(context: &str, e: &KafkaError) -> Status {
     match e {
         KafkaError::MissingTopic { topic } => {
             Status::not_found(format!("no topic named {topic:?}"))
@@ -32,7 +35,7 @@ fn kafka_status(context: &str, e: &KafkaError) -> Status {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
     context: &'static str,
 ) -> Result<T, Status> {
@@ -199,23 +202,29 @@ impl AdminService for AdminApi {
 
     async fn reset_offsets(
         &self,
-        _: Request<ResetOffsetsRequest>,
+        request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
-        unimplemented("ResetOffsets")
+        crate::replay::reset_offsets(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_dead_letters(
         &self,
-        _: Request<ListDeadLettersRequest>,
+        request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
-        unimplemented("ListDeadLetters")
+        crate::dead_letters::list(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn redrive_dead_letters(
         &self,
-        _: Request<RedriveDeadLettersRequest>,
+        request: Request<RedriveDeadLettersRequest>,
     ) -> Result<Response<RedriveDeadLettersResponse>, Status> {
-        unimplemented("RedriveDeadLetters")
+        crate::dead_letters::redrive(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn register_event_type(

@@ -2,8 +2,10 @@
 //! exporter (`tributary_consumer_group_*` gauges the alert rules use).
 
 mod config;
+mod dead_letters;
 mod grpc;
 pub mod lag;
+mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,10 +43,20 @@ impl Admin {
             .set("group.id", "tributary-admin")
             .create()?;
         let lag = lag::LagMonitor::new(&config.kafka, &registry)?;
+        let pool =
+            tributary_store::pool::build(&tributary_store::PoolConfig::new(&config.database_url))?;
+        tributary_store::pool::register_metrics(&registry, &pool)?;
+        let producer = tributary_kafka::producer::Producer::new(
+            &config.kafka,
+            &tributary_kafka::producer::ProducerSettings::default(),
+            &registry,
+        )?;
         let api = grpc::AdminApi {
             kafka: config.kafka.clone(),
             metadata: Arc::new(metadata),
             lag: Arc::new(lag),
+            pool,
+            producer,
         };
         Ok(Self {
             config,
@@ -78,10 +90,15 @@ impl Admin {
         }
         let metadata = self.api.metadata.clone();
         let topic = self.config.kafka.topic.clone();
+        let pool = self.api.pool.clone();
         let readiness: http::ReadinessCheck = Arc::new(move || {
             let metadata = metadata.clone();
             let topic = topic.clone();
+            let pool = pool.clone();
             Box::pin(async move {
+                tributary_store::pool::ping(&pool).await.map_err(|e| {
+                    format!("postgresql: {}", tributary_platform::status::chain(&e))
+                })?;
                 tokio::task::spawn_blocking(move || {
                     tributary_kafka::admin::partition_count(
                         metadata.client(),

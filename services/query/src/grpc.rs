@@ -26,6 +26,8 @@ pub const MAX_PAGE_SIZE: i64 = 1000;
 pub struct QueryApi {
     pub pool: Pool,
     pub tail: crate::tail::TailHub,
+    /// Time zones PostgreSQL confirmed, so each is checked once per process.
+    pub known_zones: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn db_span(operation: &'static str) -> tracing::Span {
@@ -138,8 +140,32 @@ impl QueryService for QueryApi {
         let filter = store_filter(&request.filter.unwrap_or_default())?;
         let plan = crate::aggregate::plan(&request.group_by, &request.measures, request.limit)
             .map_err(|v| pstatus::invalid_argument(&v))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| store_status("cannot aggregate events", &e.into()))?;
+        for (i, group) in plan.groups.iter().enumerate() {
+            if let tributary_store::aggregate::Group::TimeBucket { time_zone, .. } = group {
+                let known = self.known_zones.lock().is_ok_and(|z| z.contains(time_zone));
+                if known {
+                    continue;
+                }
+                let exists = tributary_store::aggregate::time_zone_exists(&client, time_zone)
+                    .await
+                    .map_err(|e| store_status("cannot check the time zone", &e))?;
+                if !exists {
+                    return Err(violation(
+                        &format!("group_by[{i}].time_bucket.time_zone"),
+                        format!("{time_zone:?} is not an IANA time zone PostgreSQL knows"),
+                    ));
+                }
+                if let Ok(mut z) = self.known_zones.lock() {
+                    z.insert(time_zone.clone());
+                }
+            }
+        }
         let result = async {
-            let client = self.pool.get().await?;
             tributary_store::aggregate::aggregate(
                 &client,
                 &filter,

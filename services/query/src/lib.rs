@@ -102,6 +102,7 @@ impl Query {
         routes.add_service(QueryServiceServer::new(grpc::QueryApi {
             pool: self.pool.clone(),
             tail: hub,
+            known_zones: Default::default(),
         }));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "query serving");
         let grace = self.config.shutdown.shutdown_grace;

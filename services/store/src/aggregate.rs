@@ -209,3 +209,21 @@ pub async fn aggregate(
     }
     Ok(Aggregation { rows: out, skipped })
 }
+
+/// Whether PostgreSQL knows the time zone `name` (checked on its own, so an
+/// unknown zone is refused even when no row would be bucketed).
+pub async fn time_zone_exists(
+    client: &impl deadpool_postgres::GenericClient,
+    name: &str,
+) -> Result<bool, StoreError> {
+    match client
+        .query_one("SELECT now() AT TIME ZONE $1", &[&name])
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let e = StoreError::from(e);
+            if e.is_data_error() { Ok(false) } else { Err(e) }
+        }
+    }
+}

@@ -294,3 +294,23 @@ pub async fn list_events(
     let rows = client.query(&sql, &w.params()).await?;
     Ok(rows.iter().map(event_row).collect())
 }
+
+/// For replay from a point in time, per partition: the first stored offset of
+/// an event received at or after `at`, or, when none was, one past the last
+/// stored offset (nothing of that partition is replayed). Partitions without
+/// stored events are absent. (The broker's ListOffsets by timestamp is not
+/// reliable, so the stored positions decide.)
+pub async fn offsets_received_since(
+    client: &impl GenericClient,
+    at: SystemTime,
+) -> Result<Vec<(i32, i64)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT kafka_partition,
+                    COALESCE(min(kafka_offset) FILTER (WHERE received_at >= $1), max(kafka_offset) + 1)
+             FROM events GROUP BY kafka_partition ORDER BY kafka_partition",
+            &[&at],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -2,6 +2,7 @@
 //! migrations, and the typed queries the services run.
 
 pub mod aggregate;
+pub mod dead_letters;
 mod error;
 pub mod events;
 pub mod migrate;

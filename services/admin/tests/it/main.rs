@@ -84,3 +84,347 @@ async fn lag_is_per_partition_never_negative_and_aged() {
     assert_eq!(after[1].committed, Some(0));
     assert_eq!(after[1].lag, ends[1]);
 }
+
+mod admin_rpcs {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+    use tokio_util::sync::CancellationToken;
+    use tonic::Code;
+    use tributary_admin::{Admin, Config};
+    use tributary_proto::v1::admin_service_client::AdminServiceClient;
+    use tributary_proto::v1::*;
+    use tributary_store::events::{NewDeadLetter, NewEvent, insert_dead_letters, insert_events};
+    use tributary_testkit::{TestBroker, TestDb, suffix};
+
+    type Client = AdminServiceClient<tonic::transport::Channel>;
+
+    async fn start(db: &TestDb, kafka: &tributary_kafka::KafkaArgs) -> (Client, CancellationToken) {
+        tributary_testkit::init_telemetry();
+        let config = <Config as clap::Parser>::parse_from([
+            "tributary-admin",
+            "--grpc-addr=127.0.0.1:0",
+            "--http-addr=127.0.0.1:0",
+            &format!("--kafka-brokers={}", kafka.kafka_brokers),
+            &format!("--topic={}", kafka.topic),
+            &format!("--database-url={}", db.url),
+        ]);
+        let admin = Admin::build(config, prometheus::Registry::new())
+            .await
+            .unwrap();
+        let addr = admin.grpc_addr();
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        tokio::spawn(admin.run(async move { stop.cancelled().await }));
+        (
+            Client::connect(format!("http://{addr}")).await.unwrap(),
+            token,
+        )
+    }
+
+    fn end_offsets(kafka: &tributary_kafka::KafkaArgs, partitions: i32) -> i64 {
+        let c: BaseConsumer = kafka.client_config().unwrap().create().unwrap();
+        (0..partitions)
+            .map(|p| {
+                c.fetch_watermarks(&kafka.topic, p, Duration::from_secs(5))
+                    .unwrap()
+                    .1
+            })
+            .sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_letters_are_listed_and_redriven_once() {
+        let db = TestDb::new().await.unwrap();
+        let broker = TestBroker::start().await.unwrap();
+        let kafka = broker.kafka_args(&suffix());
+        broker.create_topics(&kafka, 2).await.unwrap();
+        let pg = db.pool.get().await.unwrap();
+        let letters: Vec<NewDeadLetter> = (0..3)
+            .map(|i| NewDeadLetter {
+                topic: kafka.topic.clone(),
+                partition: 0,
+                offset: i,
+                key: Some(b"k".to_vec()),
+                value: Some(format!("value-{i}").into_bytes()),
+                headers: vec![("traceparent".into(), b"00-x".to_vec())],
+                reason: if i == 2 {
+                    "database refused the row".into()
+                } else {
+                    "not an envelope".into()
+                },
+                event_id: None,
+                event_type: None,
+            })
+            .collect();
+        assert_eq!(insert_dead_letters(&pg, &letters).await.unwrap(), 3);
+        let (mut client, token) = start(&db, &kafka).await;
+
+        let page = client
+            .list_dead_letters(ListDeadLettersRequest {
+                filter: None,
+                page_size: 2,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.dead_letters.len(), 2);
+        assert_eq!(page.dead_letters[0].value, b"value-2");
+        let rest = client
+            .list_dead_letters(ListDeadLettersRequest {
+                filter: None,
+                page_size: 2,
+                page_token: page.next_page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rest.dead_letters.len(), 1);
+        assert!(rest.next_page_token.is_empty());
+        let by_reason = client
+            .list_dead_letters(ListDeadLettersRequest {
+                filter: Some(DeadLetterFilter {
+                    reason_contains: "refused".into(),
+                    ..Default::default()
+                }),
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_reason.dead_letters.len(), 1);
+        let id = by_reason.dead_letters[0].id;
+
+        let ids = |ids: Vec<i64>, dry_run| RedriveDeadLettersRequest {
+            selection: Some(redrive_dead_letters_request::Selection::Ids(
+                DeadLetterIds { ids },
+            )),
+            dry_run,
+        };
+        let dry = client
+            .redrive_dead_letters(ids(vec![id], true))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(dry.redriven_ids, [id]);
+        assert_eq!(end_offsets(&kafka, 2), 0, "a dry run publishes nothing");
+
+        let first = client
+            .redrive_dead_letters(ids(vec![id], false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (first.redriven_ids, first.already_redriven_ids),
+            (vec![id], vec![])
+        );
+        let again = client
+            .redrive_dead_letters(ids(vec![id], false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (again.redriven_ids, again.already_redriven_ids),
+            (vec![], vec![id])
+        );
+        assert_eq!(end_offsets(&kafka, 2), 1, "re-published exactly once");
+
+        // By filter: the two others, then nothing left.
+        let all = RedriveDeadLettersRequest {
+            selection: Some(redrive_dead_letters_request::Selection::Filter(
+                DeadLetterFilter::default(),
+            )),
+            dry_run: false,
+        };
+        assert_eq!(
+            client
+                .redrive_dead_letters(all.clone())
+                .await
+                .unwrap()
+                .into_inner()
+                .redriven_ids
+                .len(),
+            2
+        );
+        assert!(
+            client
+                .redrive_dead_letters(all)
+                .await
+                .unwrap()
+                .into_inner()
+                .redriven_ids
+                .is_empty()
+        );
+        assert_eq!(end_offsets(&kafka, 2), 3);
+        token.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_moves_offsets_only_for_an_idle_group() {
+        let db = TestDb::new().await.unwrap();
+        let broker = TestBroker::start().await.unwrap();
+        let kafka = broker.kafka_args(&suffix());
+        broker.create_topics(&kafka, 1).await.unwrap();
+        let producer = tributary_kafka::producer::Producer::new(
+            &kafka,
+            &Default::default(),
+            &prometheus::Registry::new(),
+        )
+        .unwrap();
+        for i in 0..4 {
+            producer
+                .send(tributary_kafka::producer::Record {
+                    topic: &kafka.topic,
+                    key: None,
+                    value: format!("{i}").as_bytes(),
+                    headers: &[],
+                })
+                .await
+                .unwrap();
+        }
+        // Stored rows say offsets 0-1 were received long ago, 2-3 recently.
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let row = |offset: i64, received: SystemTime| NewEvent {
+            event_id: format!("e{offset}"),
+            event_type: "t".into(),
+            source: String::new(),
+            user_id: String::new(),
+            session_id: String::new(),
+            occurred_at: received,
+            received_at: received,
+            payload_json: "{}".into(),
+            partition: 0,
+            offset,
+            trace_id: String::new(),
+            schema_version: 0,
+        };
+        let pg = db.pool.get().await.unwrap();
+        insert_events(
+            &pg,
+            &[
+                row(0, at(1000)),
+                row(1, at(2000)),
+                row(2, at(3000)),
+                row(3, at(4000)),
+            ],
+        )
+        .await
+        .unwrap();
+        let group = format!("g-{}", suffix());
+        let committer: BaseConsumer = kafka
+            .client_config()
+            .unwrap()
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&kafka.topic, 0, Offset::Offset(4))
+            .unwrap();
+        committer.commit(&tpl, CommitMode::Sync).unwrap();
+        let (mut client, token) = start(&db, &kafka).await;
+
+        let reset = |to, dry_run| ResetOffsetsRequest {
+            group: group.clone(),
+            topic: String::new(),
+            to: Some(to),
+            dry_run,
+        };
+        let by_time = client
+            .reset_offsets(reset(
+                reset_offsets_request::To::Timestamp(at(2500).into()),
+                true,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            by_time.offsets,
+            [PartitionOffset {
+                partition: 0,
+                offset: 2
+            }]
+        );
+        assert!(!by_time.applied);
+
+        let applied = client
+            .reset_offsets(reset(reset_offsets_request::To::Earliest(true), false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(applied.applied);
+        let committed = committer
+            .committed_offsets(
+                {
+                    let mut t = TopicPartitionList::new();
+                    t.add_partition(&kafka.topic, 0);
+                    t
+                },
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(
+            committed
+                .find_partition(&kafka.topic, 0)
+                .map(|e| e.offset()),
+            Some(Offset::Offset(0))
+        );
+
+        let out_of_range = client
+            .reset_offsets(reset(
+                reset_offsets_request::To::Offsets(PartitionOffsets {
+                    offsets: vec![PartitionOffset {
+                        partition: 0,
+                        offset: 99,
+                    }],
+                }),
+                false,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(out_of_range.code(), Code::InvalidArgument);
+
+        // A member joins: a reset is refused until it leaves.
+        let member: BaseConsumer = kafka
+            .client_config()
+            .unwrap()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        member.subscribe(&[&kafka.topic]).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let polling = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = member.poll(Duration::from_millis(100));
+                }
+            })
+        };
+        let mut refused = None;
+        for _ in 0..100 {
+            match client
+                .reset_offsets(reset(reset_offsets_request::To::Latest(true), false))
+                .await
+            {
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    refused = Some(s);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        polling.join().unwrap();
+        let refused = refused.expect("a reset refused while the group has a member");
+        assert!(
+            refused.message().contains("active member"),
+            "{}",
+            refused.message()
+        );
+        token.cancel();
+    }
+}

@@ -459,9 +459,13 @@ mod aggregate {
             ]
         );
 
+        // Refused even when no event would be bucketed.
         let bad_zone = client
             .aggregate_events(AggregateEventsRequest {
-                filter: None,
+                filter: Some(EventFilter {
+                    source: "no-such-source".into(),
+                    ..Default::default()
+                }),
                 group_by: vec![GroupBy {
                     key: Some(group_by::Key::TimeBucket(TimeBucket {
                         width: BucketWidth::Day as i32,
