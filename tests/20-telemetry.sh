@@ -66,8 +66,8 @@ section "metrics endpoints"
 for spec in "ingest 9601" "processor 9602" "query 9603" "admin 9604"; do
   read -r name port <<<"$spec"
   body=$(curl -fsS --max-time 10 "http://127.0.0.1:$port/metrics" 2>&1) || body=""
-  assert_contains "$name exports tributary_build_info" "tributary_build_info{service=\"$name\"" "$body"
-  assert_contains "$name exports RED metrics" "tributary_grpc_server_requests_total{" "$body"
+  assert_contains "$name exports tributary_build_info" "$body" "tributary_build_info{service=\"$name\""
+  assert_contains "$name exports RED metrics" "$body" "tributary_grpc_server_requests_total{"
 done
 ingest_metrics=$(curl -fsS --max-time 10 http://127.0.0.1:9601/metrics 2>&1)
 assert_match "ingest counted accepted events" 'tributary_ingest_events_total\{reason="",result="accepted"\} [1-9]' "$ingest_metrics"
