@@ -304,7 +304,7 @@ svc_start() {
     TRIBUTARY_KAFKA_BROKERS="$(kafka_brokers)"
     TRIBUTARY_DATABASE_URL="$(database_url)"
     case $name in
-      ingest) export TRIBUTARY_KAFKA_BROKERS ;;
+      ingest) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
       processor) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
       query) export TRIBUTARY_DATABASE_URL ;;
       admin) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;

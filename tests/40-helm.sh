@@ -67,7 +67,7 @@ def schema_check(path):
 SERVICES = ["ingest", "processor", "query", "admin"]
 PORTS = {"ingest": (50051, 9601), "query": (50052, 9603), "admin": (50053, 9604), "processor": (50054, 9602)}
 KAFKA = {"ingest", "processor", "admin", "migrate"}
-DATABASE = {"processor", "query", "admin", "migrate"}
+DATABASE = {"ingest", "processor", "query", "admin", "migrate"}
 CRDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 
 def seconds(d):

@@ -30,6 +30,8 @@ pub struct FieldViolation {
 pub struct ValidEvent {
     /// The payload as compact JSON text (`{}` when absent).
     pub payload_json: String,
+    /// The same payload as a JSON value (for schema checks).
+    pub payload: serde_json::Value,
     /// `occurred_at`, truncated to microseconds (what PostgreSQL stores), or
     /// `now` when the client left it unset.
     pub occurred_at: Timestamp,
@@ -85,10 +87,14 @@ pub fn validate_event(
     };
 
     let payload_json = match &event.payload {
-        None => Some("{}".to_owned()),
+        None => Some((
+            serde_json::Value::Object(Default::default()),
+            "{}".to_owned(),
+        )),
         Some(payload) => match struct_to_json(payload) {
             Ok(map) => {
-                let text = serde_json::Value::Object(map).to_string();
+                let value = serde_json::Value::Object(map);
+                let text = value.to_string();
                 if text.len() > MAX_PAYLOAD_BYTES {
                     violation(
                         "payload",
@@ -99,7 +105,7 @@ pub fn validate_event(
                     );
                     None
                 } else {
-                    Some(text)
+                    Some((value, text))
                 }
             }
             Err(e @ (JsonError::NonFiniteNumber { .. } | JsonError::NulCharacter { .. })) => {
@@ -110,10 +116,13 @@ pub fn validate_event(
     };
 
     match (occurred_at, payload_json) {
-        (Some(occurred_at), Some(payload_json)) if violations.is_empty() => Ok(ValidEvent {
-            payload_json,
-            occurred_at,
-        }),
+        (Some(occurred_at), Some((payload, payload_json))) if violations.is_empty() => {
+            Ok(ValidEvent {
+                payload_json,
+                payload,
+                occurred_at,
+            })
+        }
         _ => Err(violations),
     }
 }

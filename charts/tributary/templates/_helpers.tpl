@@ -88,11 +88,12 @@ override names neither a repository nor a tag.
 {{- end }}
 
 {{/*
-admin reads PostgreSQL for its dead-letter and pipeline-status RPCs
-(proto/tributary/v1/admin.proto).
+admin reads PostgreSQL for its dead-letter, registry and replay RPCs
+(proto/tributary/v1/admin.proto); ingest reads the event-type registry (its
+schemas are cached, so a PostgreSQL blip does not stop ingest).
 */}}
 {{- define "tributary.usesDatabase" -}}
-{{- if has .component (list "processor" "query" "admin" "migrate") }}true{{ end }}
+{{- if has .component (list "ingest" "processor" "query" "admin" "migrate") }}true{{ end }}
 {{- end }}
 
 {{/* True when something other than "replicas" sets the replica count. */}}

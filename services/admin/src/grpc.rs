@@ -229,23 +229,29 @@ impl AdminService for AdminApi {
 
     async fn register_event_type(
         &self,
-        _: Request<RegisterEventTypeRequest>,
+        request: Request<RegisterEventTypeRequest>,
     ) -> Result<Response<EventType>, Status> {
-        unimplemented("RegisterEventType")
+        crate::registry::register(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_event_type(
         &self,
-        _: Request<GetEventTypeRequest>,
+        request: Request<GetEventTypeRequest>,
     ) -> Result<Response<EventType>, Status> {
-        unimplemented("GetEventType")
+        crate::registry::get(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_event_types(
         &self,
-        _: Request<ListEventTypesRequest>,
+        request: Request<ListEventTypesRequest>,
     ) -> Result<Response<ListEventTypesResponse>, Status> {
-        unimplemented("ListEventTypes")
+        crate::registry::list(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn create_rule(&self, _: Request<CreateRuleRequest>) -> Result<Response<Rule>, Status> {

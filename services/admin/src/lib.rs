@@ -5,6 +5,7 @@ mod config;
 mod dead_letters;
 mod grpc;
 pub mod lag;
+mod registry;
 mod replay;
 
 use std::net::SocketAddr;

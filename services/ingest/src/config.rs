@@ -15,6 +15,22 @@ pub struct Config {
     pub http_addr: SocketAddr,
     #[command(flatten)]
     pub kafka: tributary_kafka::KafkaArgs,
+    /// PostgreSQL connection URL, for the event-type registry (schemas are
+    /// cached: ingest keeps serving while PostgreSQL is briefly down).
+    #[arg(
+        long,
+        env = "TRIBUTARY_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary",
+        hide_default_value = true
+    )]
+    pub database_url: String,
+    /// Refuse events whose type is not registered (default: accept them
+    /// unchecked; registered types are always checked against their schema).
+    #[arg(long, env = "TRIBUTARY_REQUIRE_REGISTERED_TYPES")]
+    pub require_registered_types: bool,
+    /// Full reload of the cached schemas, besides the per-change NOTIFY.
+    #[arg(long, env = "TRIBUTARY_SCHEMA_REFRESH", value_parser = parse_duration, default_value = "30s")]
+    pub schema_refresh: Duration,
     /// Events being produced at once, over all requests; past it, requests
     /// are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "TRIBUTARY_MAX_IN_FLIGHT_EVENTS", default_value_t = 50_000)]

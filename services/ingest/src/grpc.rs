@@ -34,6 +34,8 @@ pub struct IngestApi {
     pub stream_window: usize,
     pub metrics: IngestMetrics,
     pub instance: Arc<str>,
+    pub schemas: crate::schemas::SchemaCache,
+    pub require_registered_types: bool,
 }
 
 /// An event ready to produce.
@@ -52,6 +54,35 @@ impl IngestApi {
         received_at: SystemTime,
     ) -> Result<Prepared, Vec<FieldViolation>> {
         let valid = validate::validate_event(&event, field, received_at)?;
+        let schema_version = match self.schemas.get(&event.event_type) {
+            Some(schema) => {
+                let failures =
+                    tributary_store::event_types::violations(&schema.validator, &valid.payload);
+                if !failures.is_empty() {
+                    return Err(failures
+                        .into_iter()
+                        .map(|(pointer, why)| FieldViolation {
+                            field: format!("{field}.payload"),
+                            description: format!(
+                                "at {pointer}: {why} (schema {} version {})",
+                                event.event_type, schema.version
+                            ),
+                        })
+                        .collect());
+                }
+                schema.version
+            }
+            None if self.require_registered_types => {
+                return Err(vec![FieldViolation {
+                    field: format!("{field}.event_type"),
+                    description: format!(
+                        "{:?} is not a registered event type (this ingest requires one)",
+                        event.event_type
+                    ),
+                }]);
+            }
+            None => 0,
+        };
         if event.event_id.is_empty() {
             event.event_id = uuid::Uuid::now_v7().to_string();
         }
@@ -67,7 +98,7 @@ impl IngestApi {
             ingest: Some(IngestMetadata {
                 instance: self.instance.to_string(),
                 trace_id: trace_context::current_trace_id(),
-                schema_version: 0,
+                schema_version,
                 redriven_from_dead_letter: 0,
             }),
         };

@@ -4,6 +4,7 @@
 mod config;
 mod grpc;
 mod metrics;
+mod schemas;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Ingest {
     registry: Registry,
     producer: Producer,
     api: grpc::IngestApi,
+    pool: tributary_store::Pool,
+    schemas: schemas::SchemaCache,
 }
 
 impl Ingest {
@@ -52,7 +55,14 @@ impl Ingest {
             },
             &registry,
         )?;
+        let mut pool_config = tributary_store::PoolConfig::new(&config.database_url);
+        pool_config.max_size = 4;
+        let pool = tributary_store::pool::build(&pool_config)?;
+        tributary_store::pool::register_metrics(&registry, &pool)?;
+        let schemas = schemas::SchemaCache::default();
         let api = grpc::IngestApi {
+            schemas: schemas.clone(),
+            require_registered_types: config.require_registered_types,
             producer: producer.clone(),
             topic: Arc::from(config.kafka.topic.as_str()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_events)),
@@ -67,6 +77,8 @@ impl Ingest {
             registry,
             producer,
             api,
+            pool,
+            schemas,
         })
     }
 
@@ -94,12 +106,28 @@ impl Ingest {
             grpc_metrics.init_method(&s, &m);
         }
 
+        let refresher = tokio::spawn(schemas::refresh(
+            self.schemas.clone(),
+            self.config.database_url.clone(),
+            self.pool.clone(),
+            self.config.schema_refresh,
+            token.clone(),
+        ));
         let topic = self.config.kafka.topic.clone();
         let ready_producer = self.producer.clone();
+        let ready_schemas = self.schemas.clone();
         let readiness: http::ReadinessCheck = Arc::new(move || {
             let producer = ready_producer.clone();
             let topic = topic.clone();
+            let schemas = ready_schemas.clone();
             Box::pin(async move {
+                // Until the registry was read once, registered types could
+                // slip through unchecked; afterwards the cache serves.
+                if !schemas.loaded() {
+                    return Err(
+                        "event-type schemas not loaded yet (PostgreSQL unreachable?)".into(),
+                    );
+                }
                 producer
                     .check_topic(&topic, Duration::from_secs(2))
                     .await
@@ -144,6 +172,7 @@ impl Ingest {
             Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
         }
         health_task.abort();
+        refresher.abort();
         if let Ok(Err(e)) = http_task.await {
             tracing::warn!(error = %e, "http port stopped with an error");
         }

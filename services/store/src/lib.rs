@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod dead_letters;
 mod error;
+pub mod event_types;
 pub mod events;
 pub mod migrate;
 pub mod pool;

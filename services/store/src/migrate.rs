@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261122004500_query_depth",
         sql: include_str!("../migrations/20261122004500_query_depth.sql"),
     },
+    Migration {
+        version: "20261122010500_registry_and_rules",
+        sql: include_str!("../migrations/20261122010500_registry_and_rules.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.

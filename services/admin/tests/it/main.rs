@@ -427,4 +427,115 @@ mod admin_rpcs {
         );
         token.cancel();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_types_are_versioned_and_schemas_checked() {
+        let db = TestDb::new().await.unwrap();
+        let broker = TestBroker::start().await.unwrap();
+        let kafka = broker.kafka_args(&suffix());
+        broker.create_topics(&kafka, 1).await.unwrap();
+        let (mut client, token) = start(&db, &kafka).await;
+        let schema = |json: serde_json::Value| {
+            Some(tributary_proto::json::json_to_struct(
+                json.as_object().cloned().unwrap(),
+            ))
+        };
+        let register = |name: &str, s| RegisterEventTypeRequest {
+            name: name.into(),
+            schema: s,
+            description: "d".into(),
+        };
+        let bad = client
+            .register_event_type(register(
+                "order.placed",
+                schema(serde_json::json!({"type": "nope"})),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(
+            bad.message()
+                .starts_with("schema: is not a valid JSON Schema"),
+            "{}",
+            bad.message()
+        );
+        let bad_name = client
+            .register_event_type(register("Order", schema(serde_json::json!({}))))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_name.code(), Code::InvalidArgument);
+
+        let v1 = client
+            .register_event_type(register(
+                "order.placed",
+                schema(serde_json::json!({"type": "object"})),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let v2 = client
+            .register_event_type(register(
+                "order.placed",
+                schema(serde_json::json!({"type": "object", "required": ["amount"]})),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((v1.version, v2.version), (1, 2));
+        client
+            .register_event_type(register("a.first", schema(serde_json::json!({}))))
+            .await
+            .unwrap();
+        let latest = client
+            .get_event_type(GetEventTypeRequest {
+                name: "order.placed".into(),
+                version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(latest.version, 2);
+        let first = client
+            .get_event_type(GetEventTypeRequest {
+                name: "order.placed".into(),
+                version: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.schema, v1.schema);
+        let missing = client
+            .get_event_type(GetEventTypeRequest {
+                name: "order.placed".into(),
+                version: 9,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+        let page = client
+            .list_event_types(ListEventTypesRequest {
+                page_size: 1,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.event_types[0].name, "a.first");
+        let rest = client
+            .list_event_types(ListEventTypesRequest {
+                page_size: 1,
+                page_token: page.next_page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                rest.event_types[0].name.as_str(),
+                rest.event_types[0].version
+            ),
+            ("order.placed", 2)
+        );
+        token.cancel();
+    }
 }

@@ -16,11 +16,11 @@ use tributary_ingest::{Config, Ingest};
 use tributary_kafka::KafkaArgs;
 use tributary_proto::v1::ingest_service_client::IngestServiceClient;
 use tributary_proto::v1::{Event, EventEnvelope, PublishBatchRequest, PublishRequest};
-use tributary_testkit::{TestBroker, free_port, suffix};
+use tributary_testkit::{TestBroker, TestDb, free_port, suffix};
 
 type Client = IngestServiceClient<tonic::transport::Channel>;
 
-async fn start(kafka: &KafkaArgs, extra: &[&str]) -> (Client, CancellationToken) {
+async fn start(db: &TestDb, kafka: &KafkaArgs, extra: &[&str]) -> (Client, CancellationToken) {
     tributary_testkit::init_telemetry();
     let mut args = vec![
         "tributary-ingest".to_owned(),
@@ -28,6 +28,7 @@ async fn start(kafka: &KafkaArgs, extra: &[&str]) -> (Client, CancellationToken)
         "--http-addr=127.0.0.1:0".into(),
         format!("--kafka-brokers={}", kafka.kafka_brokers),
         format!("--topic={}", kafka.topic),
+        format!("--database-url={}", db.url),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = <Config as clap::Parser>::parse_from(args);
@@ -58,17 +59,18 @@ fn event(event_type: &str, user: &str) -> Event {
     }
 }
 
-async fn setup() -> (TestBroker, KafkaArgs) {
+async fn setup() -> (TestDb, TestBroker, KafkaArgs) {
+    let db = TestDb::new().await.unwrap();
     let broker = TestBroker::start().await.unwrap();
     let kafka = broker.kafka_args(&suffix());
     broker.create_topics(&kafka, 2).await.unwrap();
-    (broker, kafka)
+    (db, broker, kafka)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_acks_only_what_the_broker_holds() {
-    let (_broker, kafka) = setup().await;
-    let (mut client, token) = start(&kafka, &[]).await;
+    let (db, _broker, kafka) = setup().await;
+    let (mut client, token) = start(&db, &kafka, &[]).await;
 
     let id = client
         .publish(PublishRequest {
@@ -121,8 +123,8 @@ async fn publish_acks_only_what_the_broker_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_events_are_refused_with_field_violations() {
-    let (_broker, kafka) = setup().await;
-    let (mut client, token) = start(&kafka, &[]).await;
+    let (db, _broker, kafka) = setup().await;
+    let (mut client, token) = start(&db, &kafka, &[]).await;
 
     let status = client
         .publish(PublishRequest {
@@ -200,9 +202,9 @@ async fn invalid_events_are_refused_with_field_violations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sheds_load_and_reports_an_unreachable_broker() {
-    let (_broker, kafka) = setup().await;
+    let (db, _broker, kafka) = setup().await;
     // No in-flight room at all: every publish is shed.
-    let (mut shedding, t1) = start(&kafka, &["--max-in-flight-events=0"]).await;
+    let (mut shedding, t1) = start(&db, &kafka, &["--max-in-flight-events=0"]).await;
     let status = shedding
         .publish(PublishRequest {
             event: Some(event("a", "u")),
@@ -215,7 +217,7 @@ async fn sheds_load_and_reports_an_unreachable_broker() {
     // Nothing listens on this port: the ack never comes.
     let mut nowhere = kafka.clone();
     nowhere.kafka_brokers = format!("127.0.0.1:{}", free_port().unwrap());
-    let (mut client, t2) = start(&nowhere, &["--produce-timeout=1s"]).await;
+    let (mut client, t2) = start(&db, &nowhere, &["--produce-timeout=1s"]).await;
     let status = client
         .publish(PublishRequest {
             event: Some(event("a", "u")),
@@ -230,5 +232,95 @@ async fn sheds_load_and_reports_an_unreachable_broker() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    t2.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_schemas_are_enforced_and_strict_mode_refuses_unknown_types() {
+    let (db, _broker, kafka) = setup().await;
+    let (mut client, token) = start(&db, &kafka, &[]).await;
+    let order = |amount: serde_json::Value| Event {
+        event_type: "order.placed".into(),
+        payload: Some(tributary_proto::json::json_to_struct(
+            serde_json::json!({ "amount": amount })
+                .as_object()
+                .cloned()
+                .unwrap(),
+        )),
+        ..Default::default()
+    };
+    // Unregistered: accepted unchecked.
+    client
+        .publish(PublishRequest {
+            event: Some(order(serde_json::json!("lots"))),
+        })
+        .await
+        .unwrap();
+
+    let mut pg = db.pool.get().await.unwrap();
+    let schema = serde_json::json!({
+        "type": "object", "required": ["amount"],
+        "properties": {"amount": {"type": "number", "minimum": 0}}
+    });
+    tributary_store::event_types::register(&mut pg, "order.placed", &schema, "orders")
+        .await
+        .unwrap();
+    // The cache follows the registry's NOTIFY.
+    let status =
+        tributary_testkit::eventually(Duration::from_secs(20), "the schema enforced", || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .publish(PublishRequest {
+                        event: Some(order(serde_json::json!("lots"))),
+                    })
+                    .await
+                    .err()
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let v = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(v[0].field, "event.payload");
+    assert!(
+        v[0].description.starts_with("at /amount:"),
+        "{}",
+        v[0].description
+    );
+    client
+        .publish(PublishRequest {
+            event: Some(order(serde_json::json!(12.5))),
+        })
+        .await
+        .unwrap();
+    token.cancel();
+
+    let (mut strict, t2) = start(&db, &kafka, &["--require-registered-types"]).await;
+    let status = tributary_testkit::eventually(Duration::from_secs(20), "strict mode", || {
+        let mut strict = strict.clone();
+        async move {
+            strict
+                .publish(PublishRequest {
+                    event: Some(event("never.registered", "u")),
+                })
+                .await
+                .err()
+                .filter(|s| s.code() == Code::InvalidArgument)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.message().contains("not a registered event type"),
+        "{}",
+        status.message()
+    );
+    strict
+        .publish(PublishRequest {
+            event: Some(order(serde_json::json!(1))),
+        })
+        .await
+        .unwrap();
     t2.cancel();
 }

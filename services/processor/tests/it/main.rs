@@ -307,6 +307,7 @@ async fn one_event_is_traced_from_ingest_to_the_insert() {
         "--http-addr=127.0.0.1:0",
         &format!("--kafka-brokers={}", kafka.kafka_brokers),
         &format!("--topic={}", kafka.topic),
+        &format!("--database-url={}", db.url),
     ]);
     let ingest = tributary_ingest::Ingest::build(ingest_config, prometheus::Registry::new())
         .await

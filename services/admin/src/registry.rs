@@ -1,0 +1,146 @@
+//! The event-type registry RPCs.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tonic::Status;
+use tributary_platform::status as pstatus;
+use tributary_proto::json::{json_to_struct, struct_to_json};
+use tributary_proto::v1::{
+    EventType, GetEventTypeRequest, ListEventTypesRequest, ListEventTypesResponse,
+    RegisterEventTypeRequest,
+};
+use tributary_proto::validate::{FieldViolation, is_event_type};
+use tributary_store::event_types::{self as store, EventTypeRow};
+
+use crate::grpc::AdminApi;
+
+fn violation(field: &str, description: impl Into<String>) -> Status {
+    pstatus::invalid_argument(&[FieldViolation {
+        field: field.into(),
+        description: description.into(),
+    }])
+}
+
+fn db_status(context: &str, e: &tributary_store::StoreError) -> Status {
+    if e.is_transient() {
+        pstatus::unavailable(context, e)
+    } else {
+        pstatus::internal(context, e)
+    }
+}
+
+fn to_proto(r: EventTypeRow) -> EventType {
+    EventType {
+        name: r.name,
+        version: r.version,
+        schema: match r.schema {
+            serde_json::Value::Object(m) => Some(json_to_struct(m)),
+            _ => None,
+        },
+        description: r.description,
+        created_at: Some(r.created_at.into()),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        Err(violation("name", "is required"))
+    } else if !is_event_type(name) {
+        Err(violation("name", "must match ^[a-z][a-z0-9_.-]{0,63}$"))
+    } else {
+        Ok(())
+    }
+}
+
+pub async fn register(
+    api: &AdminApi,
+    request: RegisterEventTypeRequest,
+) -> Result<EventType, Status> {
+    check_name(&request.name)?;
+    let Some(schema) = &request.schema else {
+        return Err(violation("schema", "is required"));
+    };
+    let schema = struct_to_json(schema)
+        .map(serde_json::Value::Object)
+        .map_err(|e| violation("schema", e.to_string()))?;
+    store::compile(&schema).map_err(|why| violation("schema", why))?;
+    let mut client = api
+        .pool
+        .get()
+        .await
+        .map_err(|e| db_status("cannot register the event type", &e.into()))?;
+    let row = store::register(&mut client, &request.name, &schema, &request.description)
+        .await
+        .map_err(|e| db_status("cannot register the event type", &e))?;
+    tracing::info!(name = %row.name, version = row.version, "event type registered");
+    Ok(to_proto(row))
+}
+
+pub async fn get(api: &AdminApi, request: GetEventTypeRequest) -> Result<EventType, Status> {
+    check_name(&request.name)?;
+    if request.version < 0 {
+        return Err(violation("version", "must not be negative (0: the latest)"));
+    }
+    let client = api
+        .pool
+        .get()
+        .await
+        .map_err(|e| db_status("cannot read the event type", &e.into()))?;
+    match store::get(&client, &request.name, request.version)
+        .await
+        .map_err(|e| db_status("cannot read the event type", &e))?
+    {
+        Some(row) => Ok(to_proto(row)),
+        None if request.version == 0 => Err(Status::not_found(format!(
+            "event type {:?} is not registered",
+            request.name
+        ))),
+        None => Err(Status::not_found(format!(
+            "event type {:?} has no version {}",
+            request.name, request.version
+        ))),
+    }
+}
+
+pub async fn list(
+    api: &AdminApi,
+    request: ListEventTypesRequest,
+) -> Result<ListEventTypesResponse, Status> {
+    let page_size = match i64::from(request.page_size) {
+        0 => 100,
+        n if n < 0 => return Err(violation("page_size", "must not be negative")),
+        n => n.min(1000),
+    };
+    let after = if request.page_token.is_empty() {
+        None
+    } else {
+        let name = URL_SAFE_NO_PAD
+            .decode(&request.page_token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("et1:").map(str::to_owned))
+            .filter(|n| is_event_type(n))
+            .ok_or_else(|| violation("page_token", "is not a page token this service issued"))?;
+        Some(name)
+    };
+    let client = api
+        .pool
+        .get()
+        .await
+        .map_err(|e| db_status("cannot list event types", &e.into()))?;
+    let mut rows = store::list_latest(&client, after.as_deref(), page_size + 1)
+        .await
+        .map_err(|e| db_status("cannot list event types", &e))?;
+    let next_page_token = if rows.len() as i64 > page_size {
+        rows.truncate(page_size as usize);
+        rows.last()
+            .map(|r| URL_SAFE_NO_PAD.encode(format!("et1:{}", r.name)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(ListEventTypesResponse {
+        event_types: rows.into_iter().map(to_proto).collect(),
+        next_page_token,
+    })
+}

@@ -1,0 +1,164 @@
+//! The payload schemas of registered event types, cached in memory so ingest
+//! stays ready and fast while PostgreSQL blips. Loaded at start (ingest is
+//! not ready before the first load), refreshed per type on the registry's
+//! NOTIFY, and in full every `full_refresh` in case a notification was missed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+use tributary_platform::shutdown::CancellationToken;
+use tributary_store::Pool;
+use tributary_store::event_types::{self, Validator};
+
+#[derive(Clone)]
+pub struct Schema {
+    pub version: i32,
+    pub validator: Arc<Validator>,
+}
+
+#[derive(Clone, Default)]
+pub struct SchemaCache {
+    schemas: Arc<RwLock<HashMap<String, Schema>>>,
+    loaded: Arc<AtomicBool>,
+}
+
+impl SchemaCache {
+    pub fn get(&self, event_type: &str) -> Option<Schema> {
+        self.schemas
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(event_type)
+            .cloned()
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn put(&self, name: String, version: i32, schema: &serde_json::Value) {
+        match event_types::compile(schema) {
+            Ok(v) => {
+                self.schemas
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(
+                        name,
+                        Schema {
+                            version,
+                            validator: Arc::new(v),
+                        },
+                    );
+            }
+            // The admin service refuses such schemas; keep the previous one.
+            Err(why) => {
+                tracing::error!(event_type = %name, version, why, "stored schema does not compile; kept the previous one")
+            }
+        }
+    }
+
+    async fn load_all(&self, pool: &Pool) -> Result<usize, tributary_store::StoreError> {
+        let client = pool.get().await?;
+        let rows = event_types::list_latest(&client, None, i64::MAX).await?;
+        let n = rows.len();
+        for r in rows {
+            self.put(r.name, r.version, &r.schema);
+        }
+        self.loaded.store(true, Ordering::Release);
+        Ok(n)
+    }
+
+    async fn load_one(&self, pool: &Pool, name: &str) -> Result<(), tributary_store::StoreError> {
+        let client = pool.get().await?;
+        if let Some(r) = event_types::get(&client, name, 0).await? {
+            self.put(r.name, r.version, &r.schema);
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `cache` current until `token` is cancelled.
+pub async fn refresh(
+    cache: SchemaCache,
+    database_url: String,
+    pool: Pool,
+    full_refresh: Duration,
+    token: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        let result = follow(&cache, &database_url, &pool, full_refresh, &token).await;
+        if token.is_cancelled() {
+            return;
+        }
+        attempt = attempt.saturating_add(1);
+        let pause = Duration::from_millis(250 * u64::from(attempt.min(20)));
+        if let Err(e) = result {
+            tracing::warn!(attempt, error = %e, retry_in = ?pause, "schema registry unreachable; serving the cached schemas");
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn follow(
+    cache: &SchemaCache,
+    database_url: &str,
+    pool: &Pool,
+    full_refresh: Duration,
+    token: &CancellationToken,
+) -> Result<(), String> {
+    let (client, mut connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (names_tx, mut names) = mpsc::unbounded_channel::<String>();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if names_tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", event_types::CHANGED_CHANNEL))
+        .await
+        .map_err(|e| format!("LISTEN: {e}"))?;
+    // Listening first, then loading: no change can fall between the two.
+    let n = cache.load_all(pool).await.map_err(|e| e.to_string())?;
+    tracing::info!(event_types = n, "event-type schemas loaded");
+    let mut tick = tokio::time::interval(full_refresh);
+    tick.tick().await;
+    let result = loop {
+        tokio::select! {
+            () = token.cancelled() => break Ok(()),
+            _ = tick.tick() => {
+                if let Err(e) = cache.load_all(pool).await {
+                    break Err(e.to_string());
+                }
+            }
+            name = names.recv() => match name {
+                Some(name) => {
+                    if let Err(e) = cache.load_one(pool, &name).await {
+                        break Err(e.to_string());
+                    }
+                    tracing::info!(event_type = %name, "event-type schema refreshed");
+                }
+                None => break Err("registry connection closed".to_owned()),
+            },
+        }
+    };
+    driver.abort();
+    result
+}
