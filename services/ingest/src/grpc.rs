@@ -34,7 +34,7 @@ pub struct IngestApi {
     pub stream_window: usize,
     pub metrics: IngestMetrics,
     pub instance: Arc<str>,
-    pub schemas: crate::schemas::SchemaCache,
+    pub schemas: tributary_store::schema_cache::SchemaCache,
     pub require_registered_types: bool,
 }
 

@@ -4,7 +4,6 @@
 mod config;
 mod grpc;
 mod metrics;
-mod schemas;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ pub struct Ingest {
     producer: Producer,
     api: grpc::IngestApi,
     pool: tributary_store::Pool,
-    schemas: schemas::SchemaCache,
+    schemas: tributary_store::schema_cache::SchemaCache,
 }
 
 impl Ingest {
@@ -59,7 +58,7 @@ impl Ingest {
         pool_config.max_size = 4;
         let pool = tributary_store::pool::build(&pool_config)?;
         tributary_store::pool::register_metrics(&registry, &pool)?;
-        let schemas = schemas::SchemaCache::default();
+        let schemas = tributary_store::schema_cache::SchemaCache::default();
         let api = grpc::IngestApi {
             schemas: schemas.clone(),
             require_registered_types: config.require_registered_types,
@@ -106,12 +105,12 @@ impl Ingest {
             grpc_metrics.init_method(&s, &m);
         }
 
-        let refresher = tokio::spawn(schemas::refresh(
+        let refresher = tokio::spawn(tributary_store::schema_cache::refresh(
             self.schemas.clone(),
             self.config.database_url.clone(),
             self.pool.clone(),
             self.config.schema_refresh,
-            token.clone(),
+            token.clone().cancelled_owned(),
         ));
         let topic = self.config.kafka.topic.clone();
         let ready_producer = self.producer.clone();

@@ -13,6 +13,7 @@ use rdkafka::message::{Headers as _, OwnedMessage};
 use tributary_proto::v1::EventEnvelope;
 use tributary_proto::validate::{self, MAX_PAYLOAD_BYTES};
 use tributary_store::events::{NewDeadLetter, NewEvent};
+use tributary_store::schema_cache::SchemaCache;
 
 /// The envelope versions this processor understands.
 const MAX_ENVELOPE_VERSION: u32 = 1;
@@ -28,8 +29,8 @@ pub struct DecodedEvent {
     pub parent: Option<opentelemetry::trace::SpanContext>,
 }
 
-pub fn decode(message: &OwnedMessage) -> Decoded {
-    match decode_event(message) {
+pub fn decode(message: &OwnedMessage, schemas: &SchemaCache) -> Decoded {
+    match decode_event(message, schemas) {
         Ok(event) => Decoded::Event(Box::new(event)),
         Err(rejection) => Decoded::Poison(Box::new(dead_letter(message, rejection))),
     }
@@ -52,7 +53,7 @@ impl Rejection {
     }
 }
 
-fn decode_event(message: &OwnedMessage) -> Result<DecodedEvent, Rejection> {
+fn decode_event(message: &OwnedMessage, schemas: &SchemaCache) -> Result<DecodedEvent, Rejection> {
     let value = message
         .payload()
         .ok_or_else(|| Rejection::new("record has no value"))?;
@@ -93,11 +94,28 @@ fn decode_event(message: &OwnedMessage) -> Result<DecodedEvent, Rejection> {
     event.payload = None;
     let valid = validate::validate_event(&event, "event", received_at)
         .map_err(|violations| identify(tributary_platform::status::summary(&violations), &event))?;
-    check_payload(&envelope.payload_json).map_err(|why| identify(why, &event))?;
+    let payload = check_payload(&envelope.payload_json).map_err(|why| identify(why, &event))?;
     let occurred_at = SystemTime::try_from(valid.occurred_at)
         .map_err(|e| identify(format!("event.occurred_at: {e}"), &event))?;
 
-    let ingest = envelope.ingest.unwrap_or_default();
+    let mut ingest = envelope.ingest.unwrap_or_default();
+    // Ingest checked the payload against the version it recorded. A record
+    // that bypassed ingest (version 0) of a registered type is checked here.
+    if ingest.schema_version == 0
+        && let Some(schema) = schemas.get(&event.event_type)
+    {
+        let failures = tributary_store::event_types::violations(&schema.validator, &payload);
+        if let Some((pointer, why)) = failures.into_iter().next() {
+            return Err(identify(
+                format!(
+                    "event.payload: at {pointer}: {why} (schema {} version {})",
+                    event.event_type, schema.version
+                ),
+                &event,
+            ));
+        }
+        ingest.schema_version = schema.version;
+    }
     let parent = parent_context(message);
     Ok(DecodedEvent {
         row: NewEvent {
@@ -118,7 +136,7 @@ fn decode_event(message: &OwnedMessage) -> Result<DecodedEvent, Rejection> {
     })
 }
 
-fn check_payload(text: &str) -> Result<(), String> {
+fn check_payload(text: &str) -> Result<serde_json::Value, String> {
     if text.len() > MAX_PAYLOAD_BYTES {
         return Err(format!(
             "event.payload: is {} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES}",
@@ -133,7 +151,7 @@ fn check_payload(text: &str) -> Result<(), String> {
     if contains_nul(&value) {
         return Err("event.payload: contains a NUL character".into());
     }
-    Ok(())
+    Ok(value)
 }
 
 /// PostgreSQL's jsonb cannot hold U+0000 in keys or strings.
@@ -222,6 +240,10 @@ mod tests {
         .encode_to_vec()
     }
 
+    fn decode_plain(m: &OwnedMessage) -> Decoded {
+        decode(m, &SchemaCache::default())
+    }
+
     fn reason(d: Decoded) -> String {
         match d {
             Decoded::Event(_) => "stored".into(),
@@ -231,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_good_envelope_becomes_a_row_with_its_kafka_position() {
-        match decode(&record(Some(envelope("page.view", r#"{"a":1}"#)))) {
+        match decode_plain(&record(Some(envelope("page.view", r#"{"a":1}"#)))) {
             Decoded::Event(e) => {
                 assert_eq!((e.row.partition, e.row.offset), (3, 42));
                 assert_eq!(e.row.payload_json, r#"{"a":1}"#);
@@ -242,18 +264,23 @@ mod tests {
 
     #[test]
     fn poison_is_named() {
-        assert_eq!(reason(decode(&record(None))), "record has no value");
+        assert_eq!(reason(decode_plain(&record(None))), "record has no value");
         assert!(
-            reason(decode(&record(Some(b"\xff\xff garbage".to_vec()))))
+            reason(decode_plain(&record(Some(b"\xff\xff garbage".to_vec()))))
                 .starts_with("value is not a tributary.v1.EventEnvelope")
         );
-        assert!(reason(decode(&record(Some(envelope("Bad", "{}"))))).contains("event.event_type"));
+        assert!(
+            reason(decode_plain(&record(Some(envelope("Bad", "{}"))))).contains("event.event_type")
+        );
         assert_eq!(
-            reason(decode(&record(Some(envelope("a", "[1]"))))),
+            reason(decode_plain(&record(Some(envelope("a", "[1]"))))),
             "event.payload: must be a JSON object"
         );
         assert_eq!(
-            reason(decode(&record(Some(envelope("a", r#"{"x":"\u0000"}"#))))),
+            reason(decode_plain(&record(Some(envelope(
+                "a",
+                r#"{"x":"\u0000"}"#
+            ))))),
             "event.payload: contains a NUL character"
         );
     }

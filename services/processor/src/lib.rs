@@ -124,7 +124,16 @@ impl Processor {
             .subscribe(&[self.config.kafka.topic.as_str()])
             .with_context(|| format!("cannot subscribe to {}", self.config.kafka.topic))?;
         tracing::info!(grpc = %grpc_addr, http = %http_addr, group = %self.config.group, "processor consuming");
+        let schemas = tributary_store::schema_cache::SchemaCache::default();
+        let refresher = tokio::spawn(tributary_store::schema_cache::refresh(
+            schemas.clone(),
+            self.config.database_url.clone(),
+            self.pool.clone(),
+            std::time::Duration::from_secs(30),
+            token.clone().cancelled_owned(),
+        ));
         let pipeline = pipeline::Pipeline {
+            schemas,
             consumer: self.consumer.clone(),
             pool: self.pool.clone(),
             dlq: self.dlq.clone(),
@@ -135,6 +144,7 @@ impl Processor {
             metrics: self.metrics.clone(),
         };
         pipeline.run(token.clone()).await;
+        refresher.abort();
 
         token.cancel();
         pgrpc::set_health(&standard.health, services, false).await;

@@ -32,6 +32,7 @@ pub struct Pipeline {
     pub batch_timeout: Duration,
     pub max_backoff: Duration,
     pub metrics: ProcessorMetrics,
+    pub schemas: tributary_store::schema_cache::SchemaCache,
 }
 
 /// Why storing a batch stopped short.
@@ -42,6 +43,14 @@ enum Interrupted {
 impl Pipeline {
     /// Runs until `token` is cancelled; then commits what was stored.
     pub async fn run(self, token: CancellationToken) {
+        // Records that bypassed ingest are checked against registered
+        // schemas: consuming before they are loaded would let them through.
+        while !self.schemas.loaded() {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
         loop {
             let batch = tokio::select! {
                 () = token.cancelled() => break,
@@ -103,7 +112,7 @@ impl Pipeline {
         let mut links: Vec<SpanContext> = Vec::new();
         let mut poison: Vec<NewDeadLetter> = Vec::new();
         for message in batch {
-            match decode::decode(message) {
+            match decode::decode(message, &self.schemas) {
                 Decoded::Event(e) => {
                     links.extend(e.parent);
                     rows.push(e.row);

@@ -71,3 +71,16 @@ fn is_transient_db(e: &tokio_postgres::Error) -> bool {
         }
     }
 }
+
+/// `outer: inner: innermost`, for logs (tokio-postgres' own Display of a
+/// server error is just "db error").
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

@@ -8,6 +8,7 @@ pub mod event_types;
 pub mod events;
 pub mod migrate;
 pub mod pool;
+pub mod schema_cache;
 pub mod tail;
 
 pub use error::StoreError;

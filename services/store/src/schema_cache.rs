@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
-use tributary_platform::shutdown::CancellationToken;
-use tributary_store::Pool;
-use tributary_store::event_types::{self, Validator};
+
+use crate::Pool;
+use crate::event_types::{self, Validator};
 
 #[derive(Clone)]
 pub struct Schema {
@@ -60,7 +60,7 @@ impl SchemaCache {
         }
     }
 
-    async fn load_all(&self, pool: &Pool) -> Result<usize, tributary_store::StoreError> {
+    async fn load_all(&self, pool: &Pool) -> Result<usize, crate::StoreError> {
         let client = pool.get().await?;
         let rows = event_types::list_latest(&client, None, i64::MAX).await?;
         let n = rows.len();
@@ -71,7 +71,7 @@ impl SchemaCache {
         Ok(n)
     }
 
-    async fn load_one(&self, pool: &Pool, name: &str) -> Result<(), tributary_store::StoreError> {
+    async fn load_one(&self, pool: &Pool, name: &str) -> Result<(), crate::StoreError> {
         let client = pool.get().await?;
         if let Some(r) = event_types::get(&client, name, 0).await? {
             self.put(r.name, r.version, &r.schema);
@@ -80,42 +80,49 @@ impl SchemaCache {
     }
 }
 
-/// Keeps `cache` current until `token` is cancelled.
+/// Keeps `cache` current until `stop` resolves.
 pub async fn refresh(
     cache: SchemaCache,
     database_url: String,
     pool: Pool,
     full_refresh: Duration,
-    token: CancellationToken,
+    stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut attempt: u32 = 0;
-    loop {
-        let result = follow(&cache, &database_url, &pool, full_refresh, &token).await;
-        if token.is_cancelled() {
-            return;
-        }
-        attempt = attempt.saturating_add(1);
-        let pause = Duration::from_millis(250 * u64::from(attempt.min(20)));
-        if let Err(e) = result {
-            tracing::warn!(attempt, error = %e, retry_in = ?pause, "schema registry unreachable; serving the cached schemas");
-        }
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
-        }
+    tokio::pin!(stop);
+    tokio::select! {
+        () = &mut stop => {}
+        () = refresh_forever(&cache, &database_url, &pool, full_refresh) => {}
     }
 }
 
+async fn refresh_forever(
+    cache: &SchemaCache,
+    database_url: &str,
+    pool: &Pool,
+    full_refresh: Duration,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        let e = follow(cache, database_url, pool, full_refresh).await;
+        attempt = attempt.saturating_add(1);
+        let pause = Duration::from_millis(250 * u64::from(attempt.min(20)));
+        tracing::warn!(attempt, error = %e, retry_in = ?pause, "schema registry unreachable; serving the cached schemas");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Follows the registry until the connection fails; returns why.
 async fn follow(
     cache: &SchemaCache,
     database_url: &str,
     pool: &Pool,
     full_refresh: Duration,
-    token: &CancellationToken,
-) -> Result<(), String> {
-    let (client, mut connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+) -> String {
+    let (client, mut connection) =
+        match tokio_postgres::connect(database_url, tokio_postgres::NoTls).await {
+            Ok(c) => c,
+            Err(e) => return format!("connect: {}", crate::error::chain(&e)),
+        };
     let (names_tx, mut names) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -131,31 +138,39 @@ async fn follow(
             }
         }
     });
-    client
+    if let Err(e) = client
         .batch_execute(&format!("LISTEN {}", event_types::CHANGED_CHANNEL))
         .await
-        .map_err(|e| format!("LISTEN: {e}"))?;
+    {
+        driver.abort();
+        return format!("LISTEN: {}", crate::error::chain(&e));
+    }
     // Listening first, then loading: no change can fall between the two.
-    let n = cache.load_all(pool).await.map_err(|e| e.to_string())?;
+    let n = match cache.load_all(pool).await {
+        Ok(n) => n,
+        Err(e) => {
+            driver.abort();
+            return e.to_string();
+        }
+    };
     tracing::info!(event_types = n, "event-type schemas loaded");
     let mut tick = tokio::time::interval(full_refresh);
     tick.tick().await;
     let result = loop {
         tokio::select! {
-            () = token.cancelled() => break Ok(()),
             _ = tick.tick() => {
                 if let Err(e) = cache.load_all(pool).await {
-                    break Err(e.to_string());
+                    break e.to_string();
                 }
             }
             name = names.recv() => match name {
                 Some(name) => {
                     if let Err(e) = cache.load_one(pool, &name).await {
-                        break Err(e.to_string());
+                        break e.to_string();
                     }
                     tracing::info!(event_type = %name, "event-type schema refreshed");
                 }
-                None => break Err("registry connection closed".to_owned()),
+                None => break "registry connection closed".to_owned(),
             },
         }
     };
