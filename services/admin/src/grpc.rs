@@ -254,29 +254,40 @@ impl AdminService for AdminApi {
             .map(Response::new)
     }
 
-    async fn create_rule(&self, _: Request<CreateRuleRequest>) -> Result<Response<Rule>, Status> {
-        unimplemented("CreateRule")
+    async fn create_rule(
+        &self,
+        request: Request<CreateRuleRequest>,
+    ) -> Result<Response<Rule>, Status> {
+        crate::rules::create(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_rules(
         &self,
-        _: Request<ListRulesRequest>,
+        request: Request<ListRulesRequest>,
     ) -> Result<Response<ListRulesResponse>, Status> {
-        unimplemented("ListRules")
+        crate::rules::list(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn delete_rule(
         &self,
-        _: Request<DeleteRuleRequest>,
+        request: Request<DeleteRuleRequest>,
     ) -> Result<Response<DeleteRuleResponse>, Status> {
-        unimplemented("DeleteRule")
+        crate::rules::delete(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_alerts(
         &self,
-        _: Request<ListAlertsRequest>,
+        request: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsResponse>, Status> {
-        unimplemented("ListAlerts")
+        crate::rules::alerts(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_pipeline_status(

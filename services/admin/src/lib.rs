@@ -7,6 +7,7 @@ mod grpc;
 pub mod lag;
 mod registry;
 mod replay;
+mod rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

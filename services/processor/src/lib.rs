@@ -6,6 +6,7 @@ mod config;
 mod decode;
 mod metrics;
 mod pipeline;
+mod rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,7 +133,16 @@ impl Processor {
             std::time::Duration::from_secs(30),
             token.clone().cancelled_owned(),
         ));
+        let rules = rules::RuleCache::default();
+        let rules_refresher = tokio::spawn(rules::refresh(
+            rules.clone(),
+            self.pool.clone(),
+            self.metrics.rule_alerts.clone(),
+            std::time::Duration::from_secs(5),
+            token.clone().cancelled_owned(),
+        ));
         let pipeline = pipeline::Pipeline {
+            rules,
             schemas,
             consumer: self.consumer.clone(),
             pool: self.pool.clone(),
@@ -145,6 +155,7 @@ impl Processor {
         };
         pipeline.run(token.clone()).await;
         refresher.abort();
+        rules_refresher.abort();
 
         token.cancel();
         pgrpc::set_health(&standard.health, services, false).await;

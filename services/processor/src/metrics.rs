@@ -4,6 +4,7 @@ use tributary_platform::metrics::{LATENCY_BUCKETS, MetricsResult, counter_vec};
 #[derive(Clone)]
 pub struct ProcessorMetrics {
     events: IntCounterVec,
+    pub rule_alerts: IntCounterVec,
     pub batch_size: Histogram,
     pub batch_duration: Histogram,
     pub ingest_to_persist: Histogram,
@@ -25,8 +26,15 @@ impl ProcessorMetrics {
             registry.register(Box::new(h.clone()))?;
             Ok(h)
         };
+        let rule_alerts = counter_vec(
+            registry,
+            "tributary_rule_alerts_total",
+            "Alerts recorded by threshold rules, by rule name",
+            &["rule"],
+        )?;
         Ok(Self {
             events,
+            rule_alerts,
             batch_size: histogram(
                 "tributary_processor_batch_size",
                 "Records per batch",

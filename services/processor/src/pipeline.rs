@@ -33,6 +33,7 @@ pub struct Pipeline {
     pub max_backoff: Duration,
     pub metrics: ProcessorMetrics,
     pub schemas: tributary_store::schema_cache::SchemaCache,
+    pub rules: crate::rules::RuleCache,
 }
 
 /// Why storing a batch stopped short.
@@ -45,7 +46,7 @@ impl Pipeline {
     pub async fn run(self, token: CancellationToken) {
         // Records that bypassed ingest are checked against registered
         // schemas: consuming before they are loaded would let them through.
-        while !self.schemas.loaded() {
+        while !(self.schemas.loaded() && self.rules.loaded()) {
             tokio::select! {
                 () = token.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -207,6 +208,43 @@ impl Pipeline {
         rows: &[NewEvent],
         poison: &[NewDeadLetter],
     ) -> Result<std::collections::HashSet<String>, tributary_store::StoreError> {
+        let (inserted, alerts) = self.insert_with_alerts(rows, poison).await?;
+        self.announce_alerts(alerts);
+        Ok(inserted)
+    }
+
+    /// Counts the alerts recorded by a committed batch and sends webhooks.
+    fn announce_alerts(&self, alerts: Vec<(i64, String, String)>) {
+        for (alert_id, rule_id, body) in alerts {
+            let name = self
+                .rules
+                .name_of(&rule_id)
+                .unwrap_or_else(|| rule_id.clone());
+            self.metrics.rule_alerts.with_label_values(&[&name]).inc();
+            if let Some(rule) = self.rules.webhook_of(&rule_id) {
+                tokio::spawn(crate::rules::deliver(
+                    self.pool.clone(),
+                    alert_id,
+                    rule,
+                    body,
+                ));
+            }
+        }
+    }
+
+    /// Inserts the batch and the alerts its new rows raise, in one transaction.
+    /// Returns the new event ids and the new alerts (id, rule id, JSON body).
+    async fn insert_with_alerts(
+        &self,
+        rows: &[NewEvent],
+        poison: &[NewDeadLetter],
+    ) -> Result<
+        (
+            std::collections::HashSet<String>,
+            Vec<(i64, String, String)>,
+        ),
+        tributary_store::StoreError,
+    > {
         let span = tracing::info_span!(
             "postgres.insert",
             otel.name = "INSERT events",
@@ -231,8 +269,23 @@ impl Pipeline {
                 .map(|r| (r.partition, r.offset));
             tributary_store::tail::notify_committed(&tx, &tributary_store::tail::ranges(positions))
                 .await?;
+            let candidates = self.rules.evaluate(rows, &inserted);
+            let recorded = tributary_store::rules::insert_alerts(&tx, &candidates).await?;
             tx.commit().await?;
-            Ok(inserted)
+            let alerts = recorded
+                .into_iter()
+                .filter_map(|(alert_id, rule_id, event_id)| {
+                    let a = candidates
+                        .iter()
+                        .find(|a| a.rule_id == rule_id && a.event_id == event_id)?;
+                    let body = serde_json::json!({
+                        "alert_id": alert_id, "rule_id": rule_id, "event_id": a.event_id,
+                        "event_type": a.event_type, "observed": a.observed,
+                    });
+                    Some((alert_id, rule_id, body.to_string()))
+                })
+                .collect();
+            Ok((inserted, alerts))
         }
         .instrument(span)
         .await

@@ -264,36 +264,7 @@ pub fn store_filter(filter: &EventFilter) -> Result<events::EventFilter, Status>
     })
 }
 
-/// Parses an RFC 6901 JSON Pointer into its unescaped reference tokens.
-pub fn pointer_tokens(path: &str) -> Result<Vec<String>, String> {
-    if path.is_empty() || path == "/" {
-        return Err("must point at a field inside the payload, e.g. /order/amount".into());
-    }
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err("must be a JSON Pointer starting with '/'".into());
-    };
-    rest.split('/')
-        .map(|t| {
-            if t.is_empty() {
-                return Err("must not contain an empty reference token".into());
-            }
-            let mut out = String::with_capacity(t.len());
-            let mut chars = t.chars();
-            while let Some(c) = chars.next() {
-                if c == '~' {
-                    match chars.next() {
-                        Some('0') => out.push('~'),
-                        Some('1') => out.push('/'),
-                        _ => return Err("has a '~' not followed by 0 or 1".into()),
-                    }
-                } else {
-                    out.push(c);
-                }
-            }
-            Ok(out)
-        })
-        .collect()
-}
+pub use tributary_proto::json::pointer_tokens;
 
 fn containment(path: &str, value: serde_json::Value) -> Result<serde_json::Value, String> {
     let tokens = pointer_tokens(path)?;

@@ -3,13 +3,14 @@
 
 pub mod aggregate;
 pub mod dead_letters;
-mod error;
+pub mod error;
 pub mod event_types;
 pub mod events;
 pub mod migrate;
 pub mod pool;
+pub mod rules;
 pub mod schema_cache;
 pub mod tail;
 
-pub use error::StoreError;
+pub use error::{StoreError, chain as error_chain};
 pub use pool::{Pool, PoolConfig};
