@@ -299,6 +299,10 @@ TRIBUTARY_DB_POOL_SIZE: {{ $c.dbPoolSize | int | quote }}
 {{- else if eq .component "admin" }}
 TRIBUTARY_LAG_GROUPS: {{ $c.lagGroups | default $root.Values.processor.config.consumerGroup | quote }}
 TRIBUTARY_LAG_POLL_INTERVAL: {{ $c.lagPollInterval | quote }}
+{{- range $other := list "ingest" "processor" "query" }}
+{{- $octx := dict "root" $root "component" $other }}
+TRIBUTARY_{{ upper $other }}_ADDR: {{ printf "%s:%d" (include "tributary.componentName" $octx) (int (index $root.Values $other).ports.grpc) | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -36,6 +36,19 @@ pub struct Config {
     /// partition, and one single-record fetch per lagging partition.
     #[arg(long, env = "TRIBUTARY_LAG_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub lag_poll_interval: Duration,
+    /// gRPC address of ingest, for GetPipelineStatus' health check.
+    #[arg(long, env = "TRIBUTARY_INGEST_ADDR", default_value = "127.0.0.1:50051")]
+    pub ingest_addr: String,
+    /// gRPC address of the processor (health only).
+    #[arg(
+        long,
+        env = "TRIBUTARY_PROCESSOR_ADDR",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub processor_addr: String,
+    /// gRPC address of query.
+    #[arg(long, env = "TRIBUTARY_QUERY_ADDR", default_value = "127.0.0.1:50052")]
+    pub query_addr: String,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]

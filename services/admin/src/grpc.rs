@@ -1,6 +1,5 @@
-//! `tributary.v1.AdminService`: topics, consumer groups and lag. Replay, dead
-//! letters, the event-type registry and rules answer UNIMPLEMENTED until the
-//! admin-plane work lands.
+//! `tributary.v1.AdminService`: topics, consumer groups and lag here; replay,
+//! dead letters, the registry, rules and pipeline status in their modules.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,16 @@ pub struct AdminApi {
     pub pool: tributary_store::Pool,
     /// Re-publishes redriven dead letters.
     pub producer: tributary_kafka::producer::Producer,
+    pub addrs: ServiceAddrs,
+    pub lag_groups: Vec<String>,
+}
+
+/// Where GetPipelineStatus checks the other services' health.
+#[derive(Clone)]
+pub struct ServiceAddrs {
+    pub ingest: String,
+    pub processor: String,
+    pub query: String,
 }
 
 pub(crate) fn kafka_status(context: &str, e: &KafkaError) -> Status {
@@ -70,12 +79,6 @@ fn describe(consumer: &BaseConsumer, name: &str) -> Result<Topic, KafkaError> {
         partition_count: i32::try_from(partitions.len()).unwrap_or(i32::MAX),
         partitions,
     })
-}
-
-fn unimplemented<T>(what: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!(
-        "{what} is not implemented yet"
-    )))
 }
 
 #[tonic::async_trait]
@@ -292,8 +295,10 @@ impl AdminService for AdminApi {
 
     async fn get_pipeline_status(
         &self,
-        _: Request<GetPipelineStatusRequest>,
+        _request: Request<GetPipelineStatusRequest>,
     ) -> Result<Response<PipelineStatus>, Status> {
-        unimplemented("GetPipelineStatus")
+        crate::status::pipeline_status(self)
+            .await
+            .map(Response::new)
     }
 }

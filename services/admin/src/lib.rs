@@ -8,6 +8,7 @@ pub mod lag;
 mod registry;
 mod replay;
 mod rules;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +60,12 @@ impl Admin {
             lag: Arc::new(lag),
             pool,
             producer,
+            addrs: grpc::ServiceAddrs {
+                ingest: config.ingest_addr.clone(),
+                processor: config.processor_addr.clone(),
+                query: config.query_addr.clone(),
+            },
+            lag_groups: config.lag_groups.clone(),
         };
         Ok(Self {
             config,
