@@ -144,6 +144,47 @@ pub fn json_to_value(json: Json) -> Value {
     Value { kind: Some(kind) }
 }
 
+/// Parses an RFC 6901 JSON Pointer into its unescaped reference tokens.
+pub fn pointer_tokens(path: &str) -> Result<Vec<String>, String> {
+    if path.is_empty() || path == "/" {
+        return Err("must point at a field inside the payload, e.g. /order/amount".into());
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("must be a JSON Pointer starting with '/'".into());
+    };
+    rest.split('/')
+        .map(|t| {
+            if t.is_empty() {
+                return Err("must not contain an empty reference token".into());
+            }
+            let mut out = String::with_capacity(t.len());
+            let mut chars = t.chars();
+            while let Some(c) = chars.next() {
+                if c == '~' {
+                    match chars.next() {
+                        Some('0') => out.push('~'),
+                        Some('1') => out.push('/'),
+                        _ => return Err("has a '~' not followed by 0 or 1".into()),
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// The value at `pointer` (tokens from [`pointer_tokens`]) inside `value`;
+/// array elements are addressed by index.
+pub fn lookup<'a>(value: &'a Json, tokens: &[String]) -> Option<&'a Json> {
+    tokens.iter().try_fold(value, |v, t| match v {
+        Json::Object(m) => m.get(t),
+        Json::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
