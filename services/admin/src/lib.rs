@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_platform::{http, service, shutdown};
 use tributary_proto::service_names;
 use tributary_proto::v1::admin_service_server::AdminServiceServer;
 
@@ -89,14 +89,6 @@ impl Admin {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let token = shutdown::token_from(shutdown);
-        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
-        let services: &'static [&'static str] = &[service_names::ADMIN];
-        let standard = pgrpc::standard(services).await?;
-        let grpc_metrics =
-            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
-        for (s, m) in pgrpc::methods_of(service_names::ADMIN) {
-            grpc_metrics.init_method(&s, &m);
-        }
         let metadata = self.api.metadata.clone();
         let topic = self.config.kafka.topic.clone();
         let pool = self.api.pool.clone();
@@ -121,18 +113,6 @@ impl Admin {
                 .map_err(|e| format!("readiness task: {e}"))?
             })
         });
-        let http_task = tokio::spawn(http::serve(
-            self.http,
-            self.registry.clone(),
-            readiness.clone(),
-            token.clone(),
-        ));
-        let health_task = tokio::spawn(pgrpc::watch_health(
-            standard.health.clone(),
-            services,
-            readiness,
-            token.clone(),
-        ));
         let exporter = tokio::spawn(export_lag(
             self.api.lag.clone(),
             self.config.lag_groups.clone(),
@@ -140,26 +120,22 @@ impl Admin {
             self.config.lag_poll_interval,
             token.clone(),
         ));
-        let mut routes = standard.routes;
-        routes.add_service(AdminServiceServer::new(self.api));
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, "admin serving");
-        let grace = self.config.shutdown.shutdown_grace;
-        pgrpc::serve(
-            self.grpc,
-            routes.routes(),
-            grpc_metrics,
-            token.clone(),
-            grace,
-        )
-        .await?;
-        token.cancel();
-        pgrpc::set_health(&standard.health, services, false).await;
-        health_task.abort();
+        let ports = service::Ports {
+            name: "admin",
+            grpc: self.grpc,
+            http: self.http,
+            registry: self.registry,
+            health_names: &[service_names::ADMIN],
+            ready: readiness,
+            grace: self.config.shutdown.shutdown_grace,
+        };
+        let api = self.api;
+        let served = service::run(ports, token, |routes| {
+            routes.add_service(AdminServiceServer::new(api));
+        })
+        .await;
         exporter.abort();
-        if let Ok(Err(e)) = http_task.await {
-            tracing::warn!(error = %e, "HTTP port stopped with an error");
-        }
-        Ok(())
+        served
     }
 }
 

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use prometheus::Registry;
 use tokio::sync::Semaphore;
 use tributary_kafka::producer::{Producer, ProducerSettings};
-use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_platform::{http, service, shutdown};
 use tributary_proto::service_names;
 use tributary_proto::v1::ingest_service_server::IngestServiceServer;
 
@@ -96,15 +96,6 @@ impl Ingest {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let token = shutdown::token_from(shutdown);
-        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
-        let services: &'static [&'static str] = &[service_names::INGEST];
-        let standard = pgrpc::standard(services).await?;
-        let grpc_metrics =
-            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
-        for (s, m) in pgrpc::methods_of(service_names::INGEST) {
-            grpc_metrics.init_method(&s, &m);
-        }
-
         let refresher = tokio::spawn(tributary_store::schema_cache::refresh(
             self.schemas.clone(),
             self.config.database_url.clone(),
@@ -134,48 +125,33 @@ impl Ingest {
                     .map_err(|e| e.to_string())
             })
         });
-        let http_task = tokio::spawn(http::serve(
-            self.http,
-            self.registry.clone(),
-            readiness.clone(),
-            token.clone(),
-        ));
-        let health_task = tokio::spawn(pgrpc::watch_health(
-            standard.health.clone(),
-            services,
-            readiness,
-            token.clone(),
-        ));
-
-        let mut routes = standard.routes;
-        routes.add_service(
-            IngestServiceServer::new(self.api).max_decoding_message_size(MAX_DECODING_BYTES),
-        );
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, "ingest serving");
         let grace = self.config.shutdown.shutdown_grace;
-        pgrpc::serve(
-            self.grpc,
-            routes.routes(),
-            grpc_metrics,
-            token.clone(),
+        let ports = service::Ports {
+            name: "ingest",
+            grpc: self.grpc,
+            http: self.http,
+            registry: self.registry,
+            health_names: &[service_names::INGEST],
+            ready: readiness,
             grace,
-        )
-        .await?;
-        token.cancel();
-        pgrpc::set_health(&standard.health, services, false).await;
+        };
+        let api = self.api;
+        let served = service::run(ports, token, |routes| {
+            routes.add_service(
+                IngestServiceServer::new(api).max_decoding_message_size(MAX_DECODING_BYTES),
+            );
+        })
+        .await;
+        // Everything acknowledged was already flushed; this empties what a
+        // cancelled call left queued.
         let producer = self.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(grace)).await;
-        match flushed {
+        match tokio::task::spawn_blocking(move || producer.flush(grace)).await {
             Ok(Ok(())) => tracing::info!("producer flushed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
             Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
         }
-        health_task.abort();
         refresher.abort();
-        if let Ok(Err(e)) = http_task.await {
-            tracing::warn!(error = %e, "http port stopped with an error");
-        }
-        Ok(())
+        served
     }
 }
 

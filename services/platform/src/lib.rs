@@ -7,6 +7,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

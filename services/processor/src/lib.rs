@@ -17,7 +17,7 @@ use prometheus::Registry;
 use rdkafka::consumer::Consumer as _;
 use tributary_kafka::consumer::{self, ConsumerSettings};
 use tributary_kafka::producer::{Producer, ProducerSettings};
-use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_platform::{http, service, shutdown};
 use tributary_store::{Pool, PoolConfig};
 
 pub use config::Config;
@@ -86,12 +86,6 @@ impl Processor {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let token = shutdown::token_from(shutdown);
-        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
-        let services: &'static [&'static str] = &[HEALTH_NAME];
-        let standard = pgrpc::standard(services).await?;
-        let grpc_metrics =
-            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
-
         let readiness = readiness(
             self.pool.clone(),
             self.consumer.clone(),
@@ -100,31 +94,22 @@ impl Processor {
                 self.config.kafka.dlq_topic.clone(),
             ],
         );
-        let http_task = tokio::spawn(http::serve(
-            self.http,
-            self.registry.clone(),
-            readiness.clone(),
-            token.clone(),
-        ));
-        let health_task = tokio::spawn(pgrpc::watch_health(
-            standard.health.clone(),
-            services,
-            readiness,
-            token.clone(),
-        ));
-        let grace = self.config.shutdown.shutdown_grace;
-        let grpc_task = tokio::spawn(pgrpc::serve(
-            self.grpc,
-            standard.routes.routes(),
-            grpc_metrics,
-            token.clone(),
-            grace,
-        ));
+        let ports = service::Ports {
+            name: "processor",
+            grpc: self.grpc,
+            http: self.http,
+            registry: self.registry,
+            health_names: &[HEALTH_NAME],
+            ready: readiness,
+            grace: self.config.shutdown.shutdown_grace,
+        };
+        // The processor's gRPC port serves only health and reflection.
+        let server = tokio::spawn(service::run(ports, token.clone(), |_| {}));
 
         self.consumer
             .subscribe(&[self.config.kafka.topic.as_str()])
             .with_context(|| format!("cannot subscribe to {}", self.config.kafka.topic))?;
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, group = %self.config.group, "processor consuming");
+        tracing::info!(group = %self.config.group, topic = %self.config.kafka.topic, "processor consuming");
         let schemas = tributary_store::schema_cache::SchemaCache::default();
         let refresher = tokio::spawn(tributary_store::schema_cache::refresh(
             schemas.clone(),
@@ -158,17 +143,10 @@ impl Processor {
         rules_refresher.abort();
 
         token.cancel();
-        pgrpc::set_health(&standard.health, services, false).await;
-        health_task.abort();
-        if let Ok(Err(e)) = grpc_task.await {
-            tracing::warn!(error = %e, "gRPC port stopped with an error");
-        }
-        if let Ok(Err(e)) = http_task.await {
-            tracing::warn!(error = %e, "HTTP port stopped with an error");
-        }
+        let served = server.await.context("gRPC server task")?;
         let dlq = self.dlq.clone();
         let _ = tokio::task::spawn_blocking(move || dlq.flush(Duration::from_secs(5))).await;
-        Ok(())
+        served
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use prometheus::Registry;
-use tributary_platform::{grpc as pgrpc, http, shutdown};
+use tributary_platform::{http, service, shutdown};
 use tributary_proto::service_names;
 use tributary_proto::v1::query_service_server::QueryServiceServer;
 use tributary_store::{Pool, PoolConfig};
@@ -62,14 +62,6 @@ impl Query {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let token = shutdown::token_from(shutdown);
-        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
-        let services: &'static [&'static str] = &[service_names::QUERY];
-        let standard = pgrpc::standard(services).await?;
-        let grpc_metrics =
-            tributary_platform::metrics::GrpcServerMetrics::register(&self.registry)?;
-        for (s, m) in pgrpc::methods_of(service_names::QUERY) {
-            grpc_metrics.init_method(&s, &m);
-        }
         let pool = self.pool.clone();
         let readiness: http::ReadinessCheck = Arc::new(move || {
             let pool = pool.clone();
@@ -79,18 +71,6 @@ impl Query {
                     .map_err(|e| format!("postgresql: {}", tributary_platform::status::chain(&e)))
             })
         });
-        let http_task = tokio::spawn(http::serve(
-            self.http,
-            self.registry.clone(),
-            readiness.clone(),
-            token.clone(),
-        ));
-        let health_task = tokio::spawn(pgrpc::watch_health(
-            standard.health.clone(),
-            services,
-            readiness,
-            token.clone(),
-        ));
         let hub = tail::TailHub::new(token.clone());
         let listener = tokio::spawn(tail::listen(
             self.config.database_url.clone(),
@@ -98,29 +78,25 @@ impl Query {
             hub.clone(),
             token.clone(),
         ));
-        let mut routes = standard.routes;
-        routes.add_service(QueryServiceServer::new(grpc::QueryApi {
+        let ports = service::Ports {
+            name: "query",
+            grpc: self.grpc,
+            http: self.http,
+            registry: self.registry,
+            health_names: &[service_names::QUERY],
+            ready: readiness,
+            grace: self.config.shutdown.shutdown_grace,
+        };
+        let api = grpc::QueryApi {
             pool: self.pool.clone(),
             tail: hub,
             known_zones: Default::default(),
-        }));
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, "query serving");
-        let grace = self.config.shutdown.shutdown_grace;
-        pgrpc::serve(
-            self.grpc,
-            routes.routes(),
-            grpc_metrics,
-            token.clone(),
-            grace,
-        )
-        .await?;
-        token.cancel();
-        pgrpc::set_health(&standard.health, services, false).await;
-        health_task.abort();
+        };
+        let served = service::run(ports, token, |routes| {
+            routes.add_service(QueryServiceServer::new(api));
+        })
+        .await;
         listener.abort();
-        if let Ok(Err(e)) = http_task.await {
-            tracing::warn!(error = %e, "HTTP port stopped with an error");
-        }
-        Ok(())
+        served
     }
 }

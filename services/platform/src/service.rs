@@ -1,0 +1,77 @@
+//! The life of a Tributary service's ports, the same for all four: the HTTP
+//! port, gRPC health kept in step with readiness, RED metrics initialised for
+//! every method, the gRPC server with health and reflection, and the drain on
+//! shutdown.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::ReadinessCheck;
+use crate::metrics::GrpcServerMetrics;
+
+pub struct Ports {
+    /// For the log line.
+    pub name: &'static str,
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub registry: Registry,
+    /// Names gRPC health reports; tributary services among them are also
+    /// advertised by reflection and get RED series for each method.
+    pub health_names: &'static [&'static str],
+    pub ready: ReadinessCheck,
+    /// How long in-flight calls may run after shutdown starts.
+    pub grace: Duration,
+}
+
+/// Serves until `token` is cancelled, then drains (up to `grace`) and marks
+/// health NOT_SERVING. `add` adds the service's own gRPC servers.
+pub async fn run(
+    ports: Ports,
+    token: CancellationToken,
+    add: impl FnOnce(&mut tonic::service::RoutesBuilder),
+) -> anyhow::Result<()> {
+    let grpc_addr = ports.grpc.local_addr()?;
+    let http_addr = ports.http.local_addr()?;
+    let standard = crate::grpc::standard(ports.health_names).await?;
+    let metrics = GrpcServerMetrics::register(&ports.registry)?;
+    for name in ports.health_names {
+        for (service, method) in crate::grpc::methods_of(name) {
+            metrics.init_method(&service, &method);
+        }
+    }
+    let http_task = tokio::spawn(crate::http::serve(
+        ports.http,
+        ports.registry.clone(),
+        ports.ready.clone(),
+        token.clone(),
+    ));
+    let health_task = tokio::spawn(crate::grpc::watch_health(
+        standard.health.clone(),
+        ports.health_names,
+        ports.ready,
+        token.clone(),
+    ));
+    let mut routes = standard.routes;
+    add(&mut routes);
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "{} serving", ports.name);
+    let served = crate::grpc::serve(
+        ports.grpc,
+        routes.routes(),
+        metrics,
+        token.clone(),
+        ports.grace,
+    )
+    .await
+    .context("gRPC server failed");
+    token.cancel();
+    crate::grpc::set_health(&standard.health, ports.health_names, false).await;
+    health_task.abort();
+    if let Ok(Err(e)) = http_task.await {
+        tracing::warn!(error = %e, "HTTP port stopped with an error");
+    }
+    served
+}
