@@ -87,9 +87,10 @@ pub async fn reset_offsets(
         reset_offsets_request::To::Timestamp(ts) => {
             let at = SystemTime::try_from(ts)
                 .map_err(|e| violation("timestamp", format!("is not a valid timestamp: {e}")))?;
+            let partitions: Vec<i32> = watermarks.keys().copied().collect();
             let stored = async {
                 let client = api.pool.get().await?;
-                tributary_store::events::offsets_received_since(&client, at).await
+                tributary_store::events::offsets_received_since(&client, at, &partitions).await
             }
             .await
             .map_err(|e| pstatus::unavailable("cannot read stored positions", &e))?;

@@ -303,14 +303,25 @@ pub async fn list_events(
 pub async fn offsets_received_since(
     client: &impl GenericClient,
     at: SystemTime,
+    partitions: &[i32],
 ) -> Result<Vec<(i32, i64)>, StoreError> {
+    // Per partition, two index probes: the first row received at or after
+    // `at` (events_by_partition_received), else one past the partition's last
+    // stored offset (events_by_position).
     let rows = client
         .query(
-            "SELECT kafka_partition,
-                    COALESCE(min(kafka_offset) FILTER (WHERE received_at >= $1), max(kafka_offset) + 1)
-             FROM events GROUP BY kafka_partition ORDER BY kafka_partition",
-            &[&at],
+            "SELECT p,
+                    COALESCE(
+                        (SELECT min(e.kafka_offset) FROM events e
+                          WHERE e.kafka_partition = p AND e.received_at >= $1),
+                        (SELECT max(e.kafka_offset) + 1 FROM events e WHERE e.kafka_partition = p))
+             FROM unnest($2::int4[]) AS p
+             ORDER BY p",
+            &[&at, &partitions],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get(0), r.get::<_, Option<i64>>(1)?)))
+        .collect())
 }

@@ -27,6 +27,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261122010500_registry_and_rules",
         sql: include_str!("../migrations/20261122010500_registry_and_rules.sql"),
     },
+    Migration {
+        version: "20261122015500_replay_index",
+        sql: include_str!("../migrations/20261122015500_replay_index.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.
