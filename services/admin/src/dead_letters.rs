@@ -2,39 +2,21 @@
 
 use std::time::SystemTime;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::Status;
 use tributary_kafka::producer::Record;
-use tributary_platform::status as pstatus;
+use tributary_platform::status::{self as pstatus, violation};
 use tributary_proto::v1::{
     DeadLetter, DeadLetterFilter, ListDeadLettersRequest, ListDeadLettersResponse, RecordHeader,
     RedriveDeadLettersRequest, RedriveDeadLettersResponse, redrive_dead_letters_request,
 };
-use tributary_proto::validate::FieldViolation;
 use tributary_store::dead_letters::{self as store, DeadLetterRow, Selection};
 
-use crate::grpc::AdminApi;
+use crate::grpc::{AdminApi, db_status};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
 /// Most dead letters one redrive by filter re-publishes.
 const MAX_REDRIVE: i64 = 1000;
-
-fn violation(field: &str, description: impl Into<String>) -> Status {
-    pstatus::invalid_argument(&[FieldViolation {
-        field: field.into(),
-        description: description.into(),
-    }])
-}
-
-fn db_status(context: &str, e: &tributary_store::StoreError) -> Status {
-    if e.is_transient() {
-        pstatus::unavailable(context, e)
-    } else {
-        pstatus::internal(context, e)
-    }
-}
 
 fn store_filter(f: &DeadLetterFilter) -> Result<store::DeadLetterFilter, Status> {
     let time = |field: &str, ts: &Option<prost_types::Timestamp>| {
@@ -52,32 +34,24 @@ fn store_filter(f: &DeadLetterFilter) -> Result<store::DeadLetterFilter, Status>
     })
 }
 
-/// Tokens: `base64url("dl1:<last id>:<filter hash>")`.
+/// Tokens: kind `dl1`, position `<last id>:<filter hash>`.
 fn token(last: i64, filter: &DeadLetterFilter) -> String {
-    URL_SAFE_NO_PAD.encode(format!("dl1:{last}:{}", filter_hash(filter)))
+    crate::paging::encode("dl1", format!("{last}:{}", filter_hash(filter)))
 }
 
 fn parse_token(token: &str, filter: &DeadLetterFilter) -> Result<i64, Status> {
-    let text = URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| violation("page_token", "is not a page token this service issued"))?;
-    let mut parts = text.splitn(3, ':');
-    match (
-        parts.next(),
-        parts.next().and_then(|s| s.parse().ok()),
-        parts.next(),
-    ) {
-        (Some("dl1"), Some(id), Some(hash)) if hash == filter_hash(filter) => Ok(id),
-        (Some("dl1"), Some(_), Some(_)) => Err(violation(
+    let position = crate::paging::decode("dl1", token)?;
+    let (id, hash) = position
+        .split_once(':')
+        .and_then(|(id, hash)| Some((id.parse::<i64>().ok()?, hash)))
+        .ok_or_else(crate::paging::malformed)?;
+    if hash == filter_hash(filter) {
+        Ok(id)
+    } else {
+        Err(violation(
             "page_token",
             "was issued for a different filter; start again without a token",
-        )),
-        _ => Err(violation(
-            "page_token",
-            "is not a page token this service issued",
-        )),
+        ))
     }
 }
 

@@ -35,6 +35,15 @@ pub struct ServiceAddrs {
     pub query: String,
 }
 
+/// PostgreSQL failures: UNAVAILABLE when retrying may help, else INTERNAL.
+pub(crate) fn db_status(context: &str, e: &tributary_store::StoreError) -> Status {
+    if e.is_transient() {
+        pstatus::unavailable(context, e)
+    } else {
+        pstatus::internal(context, e)
+    }
+}
+
 pub(crate) fn kafka_status(context: &str, e: &KafkaError) -> Status {
     match e {
         KafkaError::MissingTopic { topic } => {
@@ -113,12 +122,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Topic>, Status> {
         let name = request.into_inner().name;
         if name.is_empty() {
-            return Err(pstatus::invalid_argument(&[
-                tributary_proto::validate::FieldViolation {
-                    field: "name".into(),
-                    description: "is required".into(),
-                },
-            ]));
+            return Err(pstatus::violation("name", "is required"));
         }
         let consumer = self.metadata.clone();
         let topic = blocking(
@@ -162,12 +166,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ConsumerLag>, Status> {
         let request = request.into_inner();
         if request.group.is_empty() {
-            return Err(pstatus::invalid_argument(&[
-                tributary_proto::validate::FieldViolation {
-                    field: "group".into(),
-                    description: "is required".into(),
-                },
-            ]));
+            return Err(pstatus::violation("group", "is required"));
         }
         let topic = if request.topic.is_empty() {
             self.kafka.topic.clone()

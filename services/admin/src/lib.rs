@@ -5,6 +5,7 @@ mod config;
 mod dead_letters;
 mod grpc;
 pub mod lag;
+mod paging;
 mod registry;
 mod replay;
 mod rules;
@@ -14,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tributary_platform::{http, service, shutdown};
@@ -33,12 +33,7 @@ pub struct Admin {
 
 impl Admin {
     pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
-        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
-        let http = http::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        let (grpc, http) = service::bind(config.grpc_addr, config.http_addr).await?;
         tributary_platform::metrics::register_build_info(&registry, "admin")?;
         let metadata: BaseConsumer = config
             .kafka

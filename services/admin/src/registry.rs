@@ -1,33 +1,16 @@
 //! The event-type registry RPCs.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::Status;
-use tributary_platform::status as pstatus;
+use tributary_platform::status::violation;
 use tributary_proto::json::{json_to_struct, struct_to_json};
 use tributary_proto::v1::{
     EventType, GetEventTypeRequest, ListEventTypesRequest, ListEventTypesResponse,
     RegisterEventTypeRequest,
 };
-use tributary_proto::validate::{FieldViolation, is_event_type};
+use tributary_proto::validate::is_event_type;
 use tributary_store::event_types::{self as store, EventTypeRow};
 
-use crate::grpc::AdminApi;
-
-fn violation(field: &str, description: impl Into<String>) -> Status {
-    pstatus::invalid_argument(&[FieldViolation {
-        field: field.into(),
-        description: description.into(),
-    }])
-}
-
-fn db_status(context: &str, e: &tributary_store::StoreError) -> Status {
-    if e.is_transient() {
-        pstatus::unavailable(context, e)
-    } else {
-        pstatus::internal(context, e)
-    }
-}
+use crate::grpc::{AdminApi, db_status};
 
 fn to_proto(r: EventTypeRow) -> EventType {
     EventType {
@@ -114,13 +97,10 @@ pub async fn list(
     let after = if request.page_token.is_empty() {
         None
     } else {
-        let name = URL_SAFE_NO_PAD
-            .decode(&request.page_token)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("et1:").map(str::to_owned))
-            .filter(|n| is_event_type(n))
-            .ok_or_else(|| violation("page_token", "is not a page token this service issued"))?;
+        let name = crate::paging::decode("et1", &request.page_token)?;
+        if !is_event_type(&name) {
+            return Err(crate::paging::malformed());
+        }
         Some(name)
     };
     let client = api
@@ -134,7 +114,7 @@ pub async fn list(
     let next_page_token = if rows.len() as i64 > page_size {
         rows.truncate(page_size as usize);
         rows.last()
-            .map(|r| URL_SAFE_NO_PAD.encode(format!("et1:{}", r.name)))
+            .map(|r| crate::paging::encode("et1", &r.name))
             .unwrap_or_default()
     } else {
         String::new()

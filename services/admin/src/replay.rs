@@ -6,22 +6,14 @@ use std::time::{Duration, SystemTime};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tonic::Status;
-use tributary_platform::status as pstatus;
+use tributary_platform::status::{self as pstatus, violation};
 use tributary_proto::v1::{
     PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse, reset_offsets_request,
 };
-use tributary_proto::validate::FieldViolation;
 
 use crate::grpc::{AdminApi, blocking};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn violation(field: &str, description: impl Into<String>) -> Status {
-    pstatus::invalid_argument(&[FieldViolation {
-        field: field.into(),
-        description: description.into(),
-    }])
-}
 
 pub async fn reset_offsets(
     api: &AdminApi,

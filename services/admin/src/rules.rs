@@ -2,10 +2,8 @@
 
 use std::time::SystemTime;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::Status;
-use tributary_platform::status as pstatus;
+use tributary_platform::status::{self as pstatus, violation};
 use tributary_proto::json::{json_to_value, pointer_tokens, value_to_json};
 use tributary_proto::v1::{
     Alert, Comparator, CreateRuleRequest, DeleteRuleRequest, DeleteRuleResponse, ListAlertsRequest,
@@ -14,15 +12,7 @@ use tributary_proto::v1::{
 use tributary_proto::validate::{FieldViolation, is_event_type};
 use tributary_store::rules::{self as store, RuleRow};
 
-use crate::grpc::AdminApi;
-
-fn db_status(context: &str, e: &tributary_store::StoreError) -> Status {
-    if e.is_transient() {
-        pstatus::unavailable(context, e)
-    } else {
-        pstatus::internal(context, e)
-    }
-}
+use crate::grpc::{AdminApi, db_status};
 
 fn comparator_name(c: Comparator) -> Option<&'static str> {
     Some(match c {
@@ -152,19 +142,7 @@ pub async fn list(api: &AdminApi, request: ListRulesRequest) -> Result<ListRules
     let after = if request.page_token.is_empty() {
         None
     } else {
-        Some(
-            URL_SAFE_NO_PAD
-                .decode(&request.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix("r1:").map(str::to_owned))
-                .ok_or_else(|| {
-                    pstatus::invalid_argument(&[FieldViolation {
-                        field: "page_token".into(),
-                        description: "is not a page token this service issued".into(),
-                    }])
-                })?,
-        )
+        Some(crate::paging::decode("r1", &request.page_token)?)
     };
     let event_type = Some(request.event_type.as_str()).filter(|s| !s.is_empty());
     let client = api
@@ -178,7 +156,7 @@ pub async fn list(api: &AdminApi, request: ListRulesRequest) -> Result<ListRules
     let next_page_token = if rows.len() as i64 > page_size {
         rows.truncate(page_size as usize);
         rows.last()
-            .map(|r| URL_SAFE_NO_PAD.encode(format!("r1:{}", r.rule_id)))
+            .map(|r| crate::paging::encode("r1", &r.rule_id))
             .unwrap_or_default()
     } else {
         String::new()
@@ -224,29 +202,16 @@ pub async fn alerts(
         None
     } else {
         Some(
-            URL_SAFE_NO_PAD
-                .decode(&request.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix("a1:").and_then(|n| n.parse::<i64>().ok()))
-                .ok_or_else(|| {
-                    pstatus::invalid_argument(&[FieldViolation {
-                        field: "page_token".into(),
-                        description: "is not a page token this service issued".into(),
-                    }])
-                })?,
+            crate::paging::decode("a1", &request.page_token)?
+                .parse::<i64>()
+                .map_err(|_| crate::paging::malformed())?,
         )
     };
     let since = request
         .triggered_after
         .map(SystemTime::try_from)
         .transpose()
-        .map_err(|e| {
-            pstatus::invalid_argument(&[FieldViolation {
-                field: "triggered_after".into(),
-                description: format!("is not a valid timestamp: {e}"),
-            }])
-        })?;
+        .map_err(|e| violation("triggered_after", format!("is not a valid timestamp: {e}")))?;
     let rule_id = Some(request.rule_id.as_str()).filter(|s| !s.is_empty());
     let client = api
         .pool
@@ -259,7 +224,7 @@ pub async fn alerts(
     let next_page_token = if rows.len() as i64 > page_size {
         rows.truncate(page_size as usize);
         rows.last()
-            .map(|a| URL_SAFE_NO_PAD.encode(format!("a1:{}", a.alert_id)))
+            .map(|a| crate::paging::encode("a1", a.alert_id))
             .unwrap_or_default()
     } else {
         String::new()

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use prometheus::Registry;
 use tokio::sync::Semaphore;
 use tributary_kafka::producer::{Producer, ProducerSettings};
@@ -39,12 +38,7 @@ impl Ingest {
     /// Binds both ports and creates the producer. The broker need not be up:
     /// the service starts NOT_SERVING and turns SERVING once it answers.
     pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
-        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
-        let http = http::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        let (grpc, http) = service::bind(config.grpc_addr, config.http_addr).await?;
         tributary_platform::metrics::register_build_info(&registry, "ingest")?;
         let producer = Producer::new(
             &config.kafka,

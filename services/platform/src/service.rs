@@ -13,6 +13,21 @@ use tokio_util::sync::CancellationToken;
 use crate::http::ReadinessCheck;
 use crate::metrics::GrpcServerMetrics;
 
+/// Binds a service's gRPC and HTTP ports (port 0 picks a free one), naming
+/// the port that could not be bound.
+pub async fn bind(
+    grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let grpc_listener = TcpListener::bind(grpc)
+        .await
+        .with_context(|| format!("cannot bind the gRPC port {grpc}"))?;
+    let http_listener = crate::http::bind(http)
+        .await
+        .with_context(|| format!("cannot bind the HTTP port {http}"))?;
+    Ok((grpc_listener, http_listener))
+}
+
 pub struct Ports {
     /// For the log line.
     pub name: &'static str,

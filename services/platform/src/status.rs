@@ -19,6 +19,14 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// INVALID_ARGUMENT for one bad field.
+pub fn violation(field: &str, description: impl Into<String>) -> Status {
+    invalid_argument(&[FieldViolation {
+        field: field.into(),
+        description: description.into(),
+    }])
+}
+
 /// One line naming every violation: `event.event_type: is required; ...`.
 pub fn summary(violations: &[FieldViolation]) -> String {
     violations

@@ -40,12 +40,7 @@ impl Processor {
     /// Binds both ports, builds the pool, the consumer and the DLQ producer.
     /// Neither PostgreSQL nor the broker needs to be up yet.
     pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
-        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
-        let http = http::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        let (grpc, http) = service::bind(config.grpc_addr, config.http_addr).await?;
         tributary_platform::metrics::register_build_info(&registry, "processor")?;
         let pool = tributary_store::pool::build(&PoolConfig::new(&config.database_url))?;
         tributary_store::pool::register_metrics(&registry, &pool)?;

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
-use tributary_platform::status as pstatus;
+use tributary_platform::status::{self as pstatus, violation};
 use tributary_proto::json::{json_to_struct, value_to_json};
 use tributary_proto::v1::query_service_server::QueryService;
 use tributary_proto::v1::{
@@ -47,13 +47,6 @@ fn store_status(context: &str, e: &StoreError) -> Status {
     } else {
         pstatus::internal(context, e)
     }
-}
-
-fn violation(field: &str, description: impl Into<String>) -> Status {
-    pstatus::invalid_argument(&[FieldViolation {
-        field: field.into(),
-        description: description.into(),
-    }])
 }
 
 #[tonic::async_trait]

@@ -9,7 +9,6 @@ mod tail;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use prometheus::Registry;
 use tributary_platform::{http, service, shutdown};
 use tributary_proto::service_names;
@@ -29,12 +28,7 @@ pub struct Query {
 
 impl Query {
     pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
-        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr))?;
-        let http = http::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr))?;
+        let (grpc, http) = service::bind(config.grpc_addr, config.http_addr).await?;
         tributary_platform::metrics::register_build_info(&registry, "query")?;
         let mut pool_config = PoolConfig::new(&config.database_url);
         pool_config.max_size = config.db_pool_size.max(1);
