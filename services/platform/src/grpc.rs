@@ -335,26 +335,37 @@ impl<B: Body> Body for RecordedBody<B> {
 
 /// Keeps gRPC health in step with readiness (dependencies answer, topics
 /// exist), so Kubernetes' gRPC probes and load balancers see the truth.
-/// Re-checks every 5 s while ready and every 0.5 s while not.
+/// Re-checks every 5 s while ready and every 0.5 s while not. Turning
+/// NOT_SERVING takes two failed checks in a row: one slow probe of a busy
+/// broker must not take a working service out of rotation.
 pub async fn watch_health(
     health: HealthReporter,
     services: &'static [&'static str],
     ready: crate::http::ReadinessCheck,
     token: tokio_util::sync::CancellationToken,
 ) {
-    let mut last = None;
+    let mut serving: Option<bool> = None;
+    let mut failures: u32 = 0;
     loop {
         let now = ready().await;
-        let serving = now.is_ok();
-        if last != Some(serving) && !token.is_cancelled() {
+        failures = if now.is_ok() { 0 } else { failures + 1 };
+        let next = match (&now, serving) {
+            (Ok(()), _) => true,
+            // At start-up nothing was served yet: report the truth at once.
+            (Err(_), None) => false,
+            (Err(_), Some(was)) => was && failures < 2,
+        };
+        if serving != Some(next) && !token.is_cancelled() {
             match &now {
                 Ok(()) => tracing::info!("ready"),
                 Err(why) => tracing::warn!(why = %why, "not ready"),
             }
-            set_health(&health, services, serving).await;
-            last = Some(serving);
+            set_health(&health, services, next).await;
+            serving = Some(next);
+        } else if let Err(why) = &now {
+            tracing::info!(why = %why, failures, "readiness check failed");
         }
-        let pause = if serving {
+        let pause = if now.is_ok() {
             std::time::Duration::from_secs(5)
         } else {
             std::time::Duration::from_millis(500)
