@@ -590,11 +590,25 @@ cmd_up() {
 
   ensure_apt
   ensure_grpcurl
-  local_broker && ensure_nisshi
+  # On a fresh machine both the broker and the workspace are built. Each build
+  # has long single-threaded stretches (build scripts, the last crates, the
+  # links), so side by side they finish sooner than one after the other.
+  local nisshi_pid=""
+  if local_broker; then
+    if [[ "$no_build" != 1 && ! -x "$TB_NISSHI_BIN" ]]; then
+      ensure_nisshi &
+      nisshi_pid=$!
+    else
+      ensure_nisshi
+    fi
+  fi
   if [[ "$no_build" == 1 ]]; then
     require_binaries
   else
     ensure_rust_build
+  fi
+  if [[ -n "$nisshi_pid" ]]; then
+    wait "$nisshi_pid" || die "building nisshi failed"
   fi
 
   local_pg && start_postgres

@@ -139,7 +139,9 @@ ensure_nisshi() {
   (
     flock 9
     [[ -x "$TB_NISSHI_BIN" ]] && exit 0
-    cargo +nightly install nisshi --version "$TB_NISSHI_VERSION" --locked --no-default-features \
+    # Not in the workspace's target dir: cargo locks that one, and the
+    # workspace build runs beside this one (see deploy.sh up).
+    env -u CARGO_TARGET_DIR cargo +nightly install nisshi --version "$TB_NISSHI_VERSION" --locked --no-default-features \
       --features postgres,dynostore --root "$TB_TOOLS_DIR/nisshi" >&2
   ) 9>"$TB_TOOLS_DIR/.nisshi.lock" || die "building nisshi failed"
   [[ -x "$TB_NISSHI_BIN" ]] || die "nisshi build finished but $TB_NISSHI_BIN is missing"

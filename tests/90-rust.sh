@@ -18,5 +18,10 @@ check_logged "cargo fmt --all --check" "$RUST_LOG_DIR/cargo-fmt.log" \
   in_workspace cargo fmt --all --check
 check_logged "cargo clippy --release --workspace --all-targets -- -D warnings" "$RUST_LOG_DIR/cargo-clippy.log" \
   in_workspace cargo clippy --release --workspace --all-targets -- -D warnings
-check_logged "cargo test --release --workspace" "$RUST_LOG_DIR/cargo-test.log" \
-  in_workspace cargo test --release --workspace
+# Building the test binaries and running them are two checks: a slow build and
+# a stuck test then show as what they are. A test that hangs is ended after
+# TRIBUTARY_TEST_TIMEOUT seconds (libtest names tests running over 60 s).
+check_logged "cargo test --release --workspace --no-run" "$RUST_LOG_DIR/cargo-test-build.log" \
+  in_workspace cargo test --release --workspace --no-run &&
+  check_logged "cargo test --release --workspace" "$RUST_LOG_DIR/cargo-test.log" \
+    in_workspace timeout --kill-after=10 "${TRIBUTARY_TEST_TIMEOUT:-900}" cargo test --release --workspace

@@ -19,7 +19,9 @@ PROCESSOR_ADDR=${PROCESSOR_ADDR:-127.0.0.1:50054}
 # A run id that keeps this run's data apart from earlier runs' data.
 T_RUN_ID=${T_RUN_ID:-r$(date +%s)$((RANDOM % 10000))}
 
-section() { printf '\n== %s\n' "$*"; }
+# Sections carry the wall-clock time since the run began, so a slow or stuck
+# CI run shows where its minutes went.
+section() { printf '\n== %s  [+%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 pass() {
   T_PASSED=$((T_PASSED + 1))
@@ -55,15 +57,16 @@ check() {
 # check_logged NAME LOGFILE CMD...: as check, for long outputs: the output goes
 # to LOGFILE and its tail is printed on failure.
 check_logged() {
-  local name=$1 log=$2 rc
+  local name=$1 log=$2 rc started=$SECONDS took
   shift 2
   mkdir -p "$(dirname "$log")"
   "$@" >"$log" 2>&1
   rc=$?
+  took="took $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s"
   if ((rc == 0)); then
-    pass "$name"
+    pass "$name ($took)"
   else
-    fail "$name" "exit status $rc: $* (full output: $log)" "$(tail -n 40 "$log")"
+    fail "$name" "exit status $rc after ${took#took }: $* (full output: $log)" "$(tail -n 40 "$log")"
   fi
   return "$rc"
 }
