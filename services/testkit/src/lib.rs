@@ -126,7 +126,7 @@ impl TestBroker {
         }
         // The broker panics when its port is taken: retry on another port.
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = broker_port()?;
             let url = format!("tcp://127.0.0.1:{port}");
             let child = Command::new(&bin)
                 .args([
@@ -158,13 +158,20 @@ impl TestBroker {
         bail!("nisshi did not start listening")
     }
 
+    /// Waits until this broker's own process listens on its port. An open
+    /// port alone proves nothing: another process may hold it (the broker
+    /// then dies on its bind), and a test that took that one for its broker
+    /// would lose it when the other test ends, hanging on a broker that is
+    /// gone.
     async fn wait_listening(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if listens_on(self.child.id(), self.addr.port())
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -222,6 +229,60 @@ pub fn nisshi_bin() -> PathBuf {
 /// A port free at the time of asking.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A port for a broker: below the kernel's ephemeral range (32768 and up),
+/// so no server of a test binding port 0 can be handed it meanwhile, never
+/// one this process gave out before, and free now. (The deployment's fixed
+/// ports are all outside 20000..30000.)
+fn broker_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const BASE: u16 = 20_000;
+    const SPAN: u16 = 10_000;
+    // Each test process starts elsewhere in the range.
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let offset = (start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % SPAN;
+        let port = BASE + offset;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {BASE}..{}", BASE + SPAN)
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or
+/// IPv6), read from /proc: the listening socket's inode is among its fds.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... inode (field 9)
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
 
 /// A short random suffix for topic and group names.
@@ -331,6 +392,25 @@ pub fn init_telemetry() -> &'static Telemetry {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_listener_is_found_in_its_own_process_only() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().expect("its address").port();
+        assert!(super::listens_on(std::process::id(), port));
+        // PID 1 is not this test.
+        assert!(!super::listens_on(1, port));
+        drop(listener);
+        assert!(!super::listens_on(std::process::id(), port));
+    }
+
+    #[test]
+    fn broker_ports_are_below_the_ephemeral_range_and_distinct() {
+        let a = super::broker_port().expect("a port");
+        let b = super::broker_port().expect("another port");
+        assert_ne!(a, b);
+        assert!((20_000..30_000).contains(&a) && (20_000..30_000).contains(&b));
+    }
+
     #[test]
     fn swaps_the_database_name() {
         assert_eq!(
