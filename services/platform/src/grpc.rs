@@ -68,6 +68,24 @@ pub async fn standard(services: &[&str]) -> Result<Standard, ReflectionError> {
     Ok(Standard { health, routes })
 }
 
+/// Accepted connections with TCP_NODELAY. tonic sets it only on listeners
+/// it binds itself; without it a small response frame waits for the peer's
+/// delayed ACK (40 ms on Linux): the bench measured ListEvents at 44 ms p50
+/// through gRPC against 2 ms for the same SQL.
+fn nodelay(
+    incoming: tokio_stream::wrappers::TcpListenerStream,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    incoming.map(|accepted| {
+        let stream = accepted?;
+        // A connection without it still works, only slower: keep it.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        Ok(stream)
+    })
+}
+
 /// Serves `routes` (with gRPC-Web, so a browser can call too) behind the
 /// telemetry layer until `token` is cancelled, then lets in-flight calls
 /// finish for up to `grace`.
@@ -85,7 +103,7 @@ pub async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener)),
             async move { drain.cancelled().await },
         );
     tokio::pin!(serve);
