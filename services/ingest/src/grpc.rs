@@ -147,6 +147,18 @@ impl IngestApi {
         .await
     }
 
+    /// With `--require-registered-types`, an event can be judged only once
+    /// the registry is loaded: until then every type would look unregistered,
+    /// and the client would be told its event is invalid when it is not.
+    fn registry_gate(&self) -> Result<(), Status> {
+        if self.require_registered_types && !self.schemas.loaded() {
+            return Err(Status::unavailable(
+                "the event-type registry is not loaded yet (this ingest requires registered types); retry with backoff",
+            ));
+        }
+        Ok(())
+    }
+
     fn produce_status(&self, e: &ProduceError) -> Status {
         match e {
             ProduceError::Unavailable(_) => {
@@ -190,6 +202,7 @@ impl IngestService for IngestApi {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let received_at = SystemTime::now();
+        self.registry_gate()?;
         let Some(event) = request.into_inner().event else {
             self.metrics.rejected(Rejection::Invalid, 1);
             return Err(pstatus::invalid_argument(&[FieldViolation {
@@ -216,6 +229,7 @@ impl IngestService for IngestApi {
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
         let received_at = SystemTime::now();
+        self.registry_gate()?;
         let request = request.into_inner();
         let mut too_big = Vec::new();
         if request.events.len() > MAX_BATCH_EVENTS {
@@ -376,6 +390,7 @@ impl IngestApi {
             .map(|e| e.event_id.clone())
             .unwrap_or_default();
         let outcome: Result<String, Status> = async {
+            self.registry_gate()?;
             let event = message.event.ok_or_else(|| {
                 pstatus::invalid_argument(&[FieldViolation {
                     field: field.clone(),
