@@ -68,6 +68,12 @@ Options:
                      engine: not durable, a broker restart loses unconsumed
                      events and committed offsets (topics are re-created by the
                      next 'up'). Give --kafka too for a durable broker.
+  --broker-engine ENGINE
+                     (up) The local broker's storage engine: postgres (durable,
+                     in the database nisshi of the local PostgreSQL; the
+                     default) or memory (not durable, as with --postgres; the
+                     default there). postgres is refused with --postgres, the
+                     option itself with --kafka (no local broker runs).
   --no-build         (up) Skip 'cargo build'; use the binaries already built.
   --porcelain        (status) One line per part: NAME STATE PID HEALTH.
   --env ENV          (k8s) dev, staging or prod.
@@ -96,9 +102,9 @@ Local endpoints (on TRIBUTARY_BIND_HOST):
   admin      gRPC :50053   HTTP :9604   (topics, groups, lag; exports the lag gauges)
   tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans to \$TRIBUTARY_STATE_DIR/traces/spans.jsonl
   prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all four, evaluates observability/prometheus/rules)
-  broker     127.0.0.1:$BROKER_PORT (nisshi, PostgreSQL storage engine)
+  broker     127.0.0.1:$BROKER_PORT (nisshi; storage engine: see --broker-engine)
   postgres   127.0.0.1:55432, user postgres, password postgres,
-             databases tributary and nisshi
+             databases tributary and nisshi (the broker's, postgres engine)
 Logs: \$TRIBUTARY_STATE_DIR/logs/NAME.log (NAME: a part, or migrate).
 Tools are cached in \$HOME/.cache/tributary/tools.
 EOF
@@ -113,6 +119,9 @@ redact_dsn() { sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#' <<<"$1"; }
 
 CFG_KAFKA=""
 CFG_POSTGRES=""
+# Empty: the default (see broker_engine_name), e.g. in a deploy.env written
+# before --broker-engine existed; always empty with --kafka.
+CFG_BROKER_ENGINE=""
 CFG_PG_PORT=55432
 CFG_BIND_HOST=127.0.0.1
 
@@ -131,6 +140,7 @@ save_cfg() {
       echo "# written by deploy.sh up; removed by deploy.sh down"
       printf 'CFG_KAFKA=%q\n' "$CFG_KAFKA"
       printf 'CFG_POSTGRES=%q\n' "$CFG_POSTGRES"
+      printf 'CFG_BROKER_ENGINE=%q\n' "$CFG_BROKER_ENGINE"
       printf 'CFG_PG_PORT=%q\n' "$CFG_PG_PORT"
       printf 'CFG_BIND_HOST=%q\n' "$CFG_BIND_HOST"
     } >"$tmp"
@@ -139,12 +149,13 @@ save_cfg() {
 }
 
 cfg_summary() {
-  printf 'kafka=%s postgres=%s pg-port=%s bind-host=%s' "${CFG_KAFKA:-local}" \
-    "$( [[ -n "$CFG_POSTGRES" ]] && redact_dsn "$CFG_POSTGRES" || echo local)" "$CFG_PG_PORT" "$CFG_BIND_HOST"
+  printf 'kafka=%s postgres=%s broker-engine=%s pg-port=%s bind-host=%s' "${CFG_KAFKA:-local}" \
+    "$( [[ -n "$CFG_POSTGRES" ]] && redact_dsn "$CFG_POSTGRES" || echo local)" \
+    "$(local_broker && broker_engine_name || echo -)" "$CFG_PG_PORT" "$CFG_BIND_HOST"
 }
 
 # The raw options, to compare a request with what is running.
-cfg_key() { printf '%s|%s|%s|%s' "$CFG_KAFKA" "$CFG_POSTGRES" "$CFG_PG_PORT" "$CFG_BIND_HOST"; }
+cfg_key() { printf '%s|%s|%s|%s|%s' "$CFG_KAFKA" "$CFG_POSTGRES" "$CFG_BROKER_ENGINE" "$CFG_PG_PORT" "$CFG_BIND_HOST"; }
 
 local_pg() { [[ -z "$CFG_POSTGRES" ]]; }
 local_broker() { [[ -z "$CFG_KAFKA" ]]; }
@@ -152,10 +163,17 @@ kafka_brokers() { if local_broker; then echo "127.0.0.1:$BROKER_PORT"; else echo
 database_url() {
   if local_pg; then echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/tributary"; else echo "$CFG_POSTGRES"; fi
 }
-broker_engine() {
-  if local_pg; then echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/nisshi"; else echo "memory://nisshi/"; fi
+# The local broker's storage engine: --broker-engine, else postgres when
+# PostgreSQL is local (memory has nowhere durable to keep its data otherwise).
+broker_engine_name() {
+  if [[ -n "$CFG_BROKER_ENGINE" ]]; then
+    echo "$CFG_BROKER_ENGINE"
+  elif local_pg; then echo postgres; else echo memory; fi
 }
-broker_engine_name() { if local_pg; then echo postgres; else echo memory; fi; }
+broker_on_pg() { local_broker && [[ "$(broker_engine_name)" == postgres ]]; }
+broker_engine() {
+  if broker_on_pg; then echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/nisshi"; else echo "memory://nisshi/"; fi
+}
 
 # ---------------------------------------------------------------- postgres
 
@@ -236,7 +254,7 @@ start_postgres() {
     }
   fi
   pg_create_database tributary
-  local_broker && pg_create_database nisshi
+  broker_on_pg && pg_create_database nisshi
   return 0
 }
 
@@ -258,7 +276,7 @@ start_broker() {
   # nisshi panics at start-up when its port is taken.
   port_open 127.0.0.1 "$BROKER_PORT" &&
     die "port $BROKER_PORT is in use by a process this script did not start; stop it, or pass --kafka HOST:PORT to use it"
-  if local_pg; then
+  if broker_on_pg; then
     pg_running || die "the broker's storage is the local PostgreSQL, which is not running (./deploy.sh start postgres)"
     pg_create_database nisshi
   fi
@@ -563,16 +581,25 @@ EOF
 require_root() { [[ $EUID -eq 0 ]] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"; }
 
 cmd_up() {
-  local opt_set=$1 opt_kafka=$2 opt_postgres=$3 no_build=$4 s
+  local opt_set=$1 opt_kafka=$2 opt_postgres=$3 opt_engine=$4 no_build=$5 s
   require_root
   local saved=0
   load_saved_cfg && saved=1
+  # A deploy.env from before --broker-engine: the engine it runs with.
+  local_broker && CFG_BROKER_ENGINE=$(broker_engine_name)
   local old old_key
   old=$(cfg_summary)
   old_key=$(cfg_key)
   if [[ "$opt_set" == 1 ]]; then
     CFG_KAFKA=$opt_kafka
     CFG_POSTGRES=$opt_postgres
+    CFG_BROKER_ENGINE=$opt_engine
+    if [[ -n "$CFG_BROKER_ENGINE" ]]; then
+      local_broker || die "--broker-engine chooses the local broker's storage engine; with --kafka no local broker is started"
+      [[ "$CFG_BROKER_ENGINE" == memory ]] || local_pg ||
+        die "--broker-engine postgres needs the local PostgreSQL (the broker's data go in its database nisshi), and with --postgres none is started: use --broker-engine memory (not durable), or --kafka HOST:PORT"
+    fi
+    local_broker && CFG_BROKER_ENGINE=$(broker_engine_name)
   elif [[ "$saved" == 1 ]]; then
     log_info "reusing the saved options: $old"
   fi
@@ -714,7 +741,7 @@ cmd_stop() {
   load_saved_cfg || true
   case $part in
     postgres)
-      pid_alive broker && local_pg && log_warn "the broker stores its data in this PostgreSQL and is still running"
+      pid_alive broker && broker_on_pg && log_warn "the broker stores its data in this PostgreSQL and is still running"
       stop_postgres
       ;;
     *) pid_stop "$part" || die "could not stop $part" ;;
@@ -722,7 +749,7 @@ cmd_stop() {
 }
 
 main() {
-  local cmd="" part="" opt_set=0 opt_kafka="" opt_postgres="" no_build=0 porcelain=0
+  local cmd="" part="" opt_set=0 opt_kafka="" opt_postgres="" opt_engine="" no_build=0 porcelain=0
   local up_opts=0 status_opts=0 k8s_opts=0 k8s_env="" dry_run=0
   while (($#)); do
     case $1 in
@@ -740,6 +767,19 @@ main() {
       --kafka=* | --postgres=*)
         [[ -n "${1#*=}" ]] || die "${1%%=*} needs a value"
         [[ $1 == --kafka=* ]] && opt_kafka=${1#*=} || opt_postgres=${1#*=}
+        opt_set=1 up_opts=1
+        shift
+        ;;
+      --broker-engine | --broker-engine=*)
+        if [[ $1 == --broker-engine ]]; then
+          (($# >= 2)) || die "--broker-engine needs a value: postgres or memory"
+          opt_engine=$2
+          shift
+        else
+          opt_engine=${1#*=}
+        fi
+        [[ "$opt_engine" == postgres || "$opt_engine" == memory ]] ||
+          die "--broker-engine wants postgres or memory, not '$opt_engine'"
         opt_set=1 up_opts=1
         shift
         ;;
@@ -783,7 +823,7 @@ main() {
     esac
   done
   cmd=${cmd:-up}
-  [[ "$up_opts" == 0 || "$cmd" == up ]] || die "--kafka, --postgres and --no-build go with 'up'"
+  [[ "$up_opts" == 0 || "$cmd" == up ]] || die "--kafka, --postgres, --broker-engine and --no-build go with 'up'"
   [[ "$status_opts" == 0 || "$cmd" == status ]] || die "--porcelain goes with 'status'"
   [[ "$k8s_opts" == 0 || "$cmd" == k8s ]] || die "--env and --dry-run go with 'k8s'"
   if [[ "$cmd" == start || "$cmd" == stop ]]; then
@@ -791,7 +831,7 @@ main() {
     valid_part "$part" || die "unknown PART '$part': one of ${PARTS[*]}"
   fi
   case $cmd in
-    up) cmd_up "$opt_set" "$opt_kafka" "$opt_postgres" "$no_build" ;;
+    up) cmd_up "$opt_set" "$opt_kafka" "$opt_postgres" "$opt_engine" "$no_build" ;;
     down) cmd_down ;;
     status) cmd_status "$porcelain" ;;
     start) cmd_start "$part" ;;

@@ -1,0 +1,261 @@
+//! `tributary-bench`: benchmarks of a running local deployment. Every
+//! scenario measures Tributary's path and a baseline in the same run (a raw
+//! rdkafka producer, a raw COPY, the store's SQL without gRPC), so the ratio
+//! holds on a noisy machine, and reports the CPU split between the bench
+//! client, the services, the broker and PostgreSQL.
+
+pub mod data;
+pub mod e2e;
+pub mod ingest;
+pub mod persist;
+pub mod procs;
+pub mod query;
+pub mod stats;
+pub mod topic;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// Benchmarks of the local deployment (`./deploy.sh up`): ingest, persist,
+/// end to end, query and footprint, each against a baseline in the same run.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-bench", version, about)]
+pub struct Options {
+    /// Small counts and short runs: checks that every figure is produced and
+    /// correct (test-system.sh runs this); its timings mean nothing.
+    #[arg(long)]
+    pub quick: bool,
+    /// Scenarios to run, comma-separated: ingest, persist, e2e, query
+    /// (footprint is measured during ingest; persist loads its events with
+    /// the ingest scenario, so it runs that too).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,persist,e2e,query"
+    )]
+    pub scenarios: Vec<String>,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "bench-results.json")]
+    pub out: PathBuf,
+    /// The deployment's state directory (pid files, PostgreSQL data).
+    #[arg(
+        long,
+        env = "TRIBUTARY_STATE_DIR",
+        default_value = "/var/lib/tributary"
+    )]
+    pub state_dir: PathBuf,
+    /// deploy.sh, to stop and start the processor.
+    #[arg(long, default_value = "./deploy.sh")]
+    pub deploy: PathBuf,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub ingest: String,
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    pub query: String,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The deployment's database.
+    #[arg(
+        long,
+        default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary"
+    )]
+    pub database_url: String,
+    /// Concurrent clients (each its own connection).
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Seconds per ingest path (full mode).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Seconds of the end-to-end runs (full mode).
+    #[arg(long, default_value_t = 20)]
+    pub e2e_seconds: u64,
+    /// Stored rows of the query scenario, ascending (default 1000000,10000000;
+    /// quick: 20000). Seeded into a separate database, tributary_bench.
+    #[arg(long, value_delimiter = ',')]
+    pub query_rows: Vec<u64>,
+    /// Requests per measured query shape (default 1000; quick: 20).
+    #[arg(long)]
+    pub query_requests: Option<usize>,
+    /// Directory of tributary-query (default: this binary's directory).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario)
+    }
+
+    pub fn query_rows(&self) -> Vec<u64> {
+        if !self.query_rows.is_empty() {
+            let mut rows = self.query_rows.clone();
+            rows.sort_unstable();
+            rows.dedup();
+            rows
+        } else if self.quick {
+            vec![20_000]
+        } else {
+            vec![1_000_000, 10_000_000]
+        }
+    }
+
+    pub fn query_requests(&self) -> usize {
+        self.query_requests
+            .unwrap_or(if self.quick { 20 } else { 1000 })
+    }
+
+    pub fn deployment(&self) -> procs::Deployment {
+        procs::Deployment {
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
+/// Named pass/fail checks of the figures' correctness; any failure makes the
+/// run exit non-zero.
+#[derive(Debug, Default)]
+pub struct Checks {
+    items: Vec<Value>,
+}
+
+impl Checks {
+    pub fn check(&mut self, name: impl Into<String>, ok: bool, detail: impl Into<String>) {
+        let (name, detail) = (name.into(), detail.into());
+        println!(
+            "{} {name}{}",
+            if ok { "ok  " } else { "FAIL" },
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            }
+        );
+        self.items
+            .push(json!({ "name": name, "ok": ok, "detail": detail }));
+    }
+
+    pub fn all_ok(&self) -> bool {
+        self.items.iter().all(|c| c["ok"] == json!(true))
+    }
+
+    pub fn to_json(&self) -> Value {
+        Value::Array(self.items.clone())
+    }
+}
+
+/// Runs `deploy.sh stop|start processor`.
+pub async fn processor(options: &Options, action: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new(&options.deploy)
+        .args([action, "processor"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("running {} {action} processor", options.deploy.display()))?;
+    if !status.success() {
+        bail!("{} {action} processor: {status}", options.deploy.display());
+    }
+    Ok(())
+}
+
+/// A PostgreSQL connection (the connection task runs in the background).
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("postgres connection: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL with another database name.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rfind('/') {
+        Some(i) if i > base.find("//").map_or(0, |j| j + 1) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Polls `f` every `every` until it answers `Some`, at most `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, every: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The machine the figures were measured on.
+pub fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "mem_gib": stats::round3(mem_kib / 1024.0 / 1024.0),
+        "kernel": kernel.trim(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_swap_the_name() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/tributary", "tributary_bench"),
+            "postgres://u:p@h:5432/tributary_bench"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+}

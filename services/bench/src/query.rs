@@ -1,0 +1,559 @@
+//! Scenario 4, query: `ListEvents` by user, by type within a one-hour window,
+//! and a page deep in a type's result set, p50/p99 at each stored row count,
+//! and `AggregateEvents` hourly counts by type (up to 1M rows) — each against
+//! the same SQL run directly (the store's own query functions, no gRPC, no
+//! service). The rows go into a separate database, tributary_bench, seeded
+//! with COPY (indexes dropped during the load and built after it), and a
+//! query service of its own serves it on a free port.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use tributary_proto::v1::query_service_client::QueryServiceClient;
+use tributary_proto::v1::{
+    AggregateEventsRequest, Aggregation, BucketWidth, EventField, EventFilter as PbFilter, GroupBy,
+    ListEventsRequest, Measure, TimeBucket, group_by,
+};
+use tributary_store::events::{Cursor, EventFilter, list_events};
+
+use crate::data::{self, QUERY_SPAN, QUERY_TYPES, QUERY_USERS, Rng};
+use crate::ingest::channel;
+use crate::stats::{Samples, Table, ratio, round3, thousands};
+use crate::{Checks, Options};
+
+pub const DATABASE: &str = "tributary_bench";
+const PAGE: i32 = 50;
+
+/// The query service started for the bench database; killed when dropped.
+struct QueryProcess {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl QueryProcess {
+    async fn start(binary: &PathBuf, database_url: &str) -> anyhow::Result<Self> {
+        let grpc = free_port()?;
+        let http = free_port()?;
+        let child = tokio::process::Command::new(binary)
+            .env("TRIBUTARY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+            .env("TRIBUTARY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("TRIBUTARY_DATABASE_URL", database_url)
+            .env("TRIBUTARY_LOG", "warn")
+            .env_remove("TRIBUTARY_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let url = format!("http://127.0.0.1:{grpc}");
+        let ready = crate::wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+            let url = url.clone();
+            async move {
+                let ch = channel(&url).await.ok()?;
+                QueryServiceClient::new(ch)
+                    .list_events(ListEventsRequest {
+                        page_size: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+        anyhow::ensure!(
+            ready.is_some(),
+            "the bench query service did not answer within 30 s"
+        );
+        Ok(Self { child, url })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A fresh bench database with the events schema.
+async fn fresh_database(
+    options: &Options,
+) -> anyhow::Result<(String, tributary_store::pool::Pool)> {
+    let admin = crate::connect(&crate::with_database(&options.database_url, "postgres")).await?;
+    // Two statements: DROP DATABASE refuses to run in the implicit
+    // transaction of a multi-statement query.
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+        .await
+        .context("dropping the bench database")?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+        .await
+        .context("creating the bench database")?;
+    let url = crate::with_database(&options.database_url, DATABASE);
+    let pool = tributary_store::pool::build(&tributary_store::pool::PoolConfig::new(url.clone()))?;
+    tributary_store::migrate::run(&pool)
+        .await
+        .context("migrating the bench database")?;
+    Ok((url, pool))
+}
+
+/// Adds rows `from..to` with COPY: the events indexes are dropped first and
+/// built again after (their definitions read from the catalog).
+async fn seed(
+    db: &tokio_postgres::Client,
+    from: u64,
+    to: u64,
+    end: SystemTime,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let indexes: Vec<String> = db
+        .query(
+            "SELECT indexdef FROM pg_indexes
+              WHERE schemaname = current_schema() AND tablename = 'events' AND indexname <> 'events_pkey'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let names: Vec<String> = db
+        .query(
+            "SELECT indexname FROM pg_indexes
+              WHERE schemaname = current_schema() AND tablename = 'events' AND indexname <> 'events_pkey'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in &names {
+        db.batch_execute(&format!("DROP INDEX {name}")).await?;
+    }
+    db.batch_execute("ALTER TABLE events DROP CONSTRAINT events_pkey")
+        .await?;
+    let sink = db
+        .copy_in::<_, Bytes>(&format!("COPY events ({}) FROM STDIN", data::COPY_COLUMNS))
+        .await?;
+    futures_util::pin_mut!(sink);
+    let mut buf = String::with_capacity(1 << 20);
+    for n in from..to {
+        data::query_row(&mut buf, n, end);
+        if buf.len() >= 1 << 20 {
+            futures_util::SinkExt::send(&mut sink, Bytes::from(std::mem::take(&mut buf))).await?;
+            buf.reserve(1 << 20);
+        }
+    }
+    if !buf.is_empty() {
+        futures_util::SinkExt::send(&mut sink, Bytes::from(buf)).await?;
+    }
+    sink.finish().await.context("seeding with COPY")?;
+    db.batch_execute(
+        "SET maintenance_work_mem = '1GB'; SET max_parallel_maintenance_workers = 2;
+         ALTER TABLE events ADD PRIMARY KEY (event_id)",
+    )
+    .await?;
+    for def in &indexes {
+        db.batch_execute(def).await.with_context(|| def.clone())?;
+    }
+    db.batch_execute("VACUUM ANALYZE events").await?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn ts(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// Latencies of ours and of the baseline for one query shape.
+#[derive(Default)]
+struct Pair {
+    ours: Samples,
+    base: Samples,
+}
+
+impl Pair {
+    fn report(&mut self) -> Value {
+        let (o50, o99) = (self.ours.quantile_ms(0.5), self.ours.quantile_ms(0.99));
+        let (b50, b99) = (self.base.quantile_ms(0.5), self.base.quantile_ms(0.99));
+        json!({
+            "requests": self.ours.len(),
+            "p50_ms": round3(o50),
+            "p99_ms": round3(o99),
+            "baseline": { "path": "the same SQL, direct", "p50_ms": round3(b50), "p99_ms": round3(b99) },
+            "p99_ratio": ratio(o99, b99),
+        })
+    }
+}
+
+fn ids(events: &[tributary_proto::v1::StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            e.event
+                .as_ref()
+                .map(|e| e.event_id.clone())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+struct Shapes<'a> {
+    query: QueryServiceClient<Channel>,
+    db: &'a tributary_store::pool::Client,
+    end: SystemTime,
+    requests: usize,
+}
+
+impl Shapes<'_> {
+    async fn by_user(&mut self, checks: &mut Checks, rows: u64) -> anyhow::Result<Pair> {
+        let mut pair = Pair::default();
+        let mut rng = Rng::new(rows ^ 0x5eed);
+        for i in 0..self.requests {
+            // The first user surely has events (the checked request).
+            let user = if i == 0 {
+                data::query_event(rows / 2, self.end).user_id
+            } else {
+                format!("user{}", rng.below(QUERY_USERS))
+            };
+            let t = Instant::now();
+            let ours = self
+                .query
+                .list_events(ListEventsRequest {
+                    filter: Some(PbFilter {
+                        user_id: user.clone(),
+                        ..Default::default()
+                    }),
+                    page_size: PAGE,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            pair.ours.push(t.elapsed());
+            let filter = EventFilter {
+                user_id: Some(user.clone()),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let base = list_events(self.db, &filter, None, i64::from(PAGE) + 1).await?;
+            pair.base.push(t.elapsed());
+            if i == 0 {
+                let want: Vec<String> = base
+                    .iter()
+                    .take(PAGE as usize)
+                    .map(|r| r.event_id.clone())
+                    .collect();
+                checks.check(
+                    format!("query {rows} rows: ListEvents by user answers the SQL's rows"),
+                    ids(&ours.events) == want && !want.is_empty(),
+                    format!("{user}: {} events", want.len()),
+                );
+            }
+        }
+        Ok(pair)
+    }
+
+    async fn by_type_window(&mut self, checks: &mut Checks, rows: u64) -> anyhow::Result<Pair> {
+        let mut pair = Pair::default();
+        let mut rng = Rng::new(rows ^ 0x7199);
+        let hour = Duration::from_secs(3600);
+        for i in 0..self.requests {
+            let ty = format!("type.{:02}", rng.below(QUERY_TYPES));
+            let back = Duration::from_secs(rng.below(QUERY_SPAN.as_secs() - 3600) + 3600);
+            let (after, before) = (self.end - back, self.end - back + hour);
+            let t = Instant::now();
+            let ours = self
+                .query
+                .list_events(ListEventsRequest {
+                    filter: Some(PbFilter {
+                        event_types: vec![ty.clone()],
+                        occurred_after: Some(ts(after)),
+                        occurred_before: Some(ts(before)),
+                        ..Default::default()
+                    }),
+                    page_size: PAGE,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            pair.ours.push(t.elapsed());
+            let filter = EventFilter {
+                event_types: vec![ty.clone()],
+                occurred_after: Some(after),
+                occurred_before: Some(before),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let base = list_events(self.db, &filter, None, i64::from(PAGE) + 1).await?;
+            pair.base.push(t.elapsed());
+            if i == 0 {
+                let want: Vec<String> = base
+                    .iter()
+                    .take(PAGE as usize)
+                    .map(|r| r.event_id.clone())
+                    .collect();
+                checks.check(
+                    format!(
+                        "query {rows} rows: ListEvents by type and hour answers the SQL's rows"
+                    ),
+                    ids(&ours.events) == want,
+                    format!("{ty}: {} events", want.len()),
+                );
+            }
+        }
+        Ok(pair)
+    }
+
+    /// Walks `depth` pages into a type's results, then fetches that page
+    /// again and again (ours with the page token, the SQL with the cursor).
+    async fn deep_page(
+        &mut self,
+        checks: &mut Checks,
+        rows: u64,
+        depth: usize,
+    ) -> anyhow::Result<Pair> {
+        let ty = "type.07".to_owned();
+        let filter_pb = PbFilter {
+            event_types: vec![ty.clone()],
+            ..Default::default()
+        };
+        let mut token = String::new();
+        let mut last: Option<Cursor> = None;
+        for _ in 1..depth {
+            let page = self
+                .query
+                .list_events(ListEventsRequest {
+                    filter: Some(filter_pb.clone()),
+                    page_size: PAGE,
+                    page_token: token.clone(),
+                })
+                .await?
+                .into_inner();
+            let Some(e) = page.events.last().and_then(|s| s.event.clone()) else {
+                break;
+            };
+            last = Some(Cursor {
+                occurred_at: e
+                    .occurred_at
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                event_id: e.event_id,
+            });
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        let filter = EventFilter {
+            event_types: vec![ty.clone()],
+            ..Default::default()
+        };
+        let mut pair = Pair::default();
+        for i in 0..self.requests {
+            let t = Instant::now();
+            let ours = self
+                .query
+                .list_events(ListEventsRequest {
+                    filter: Some(filter_pb.clone()),
+                    page_size: PAGE,
+                    page_token: token.clone(),
+                })
+                .await?
+                .into_inner();
+            pair.ours.push(t.elapsed());
+            let t = Instant::now();
+            let base = list_events(self.db, &filter, last.as_ref(), i64::from(PAGE) + 1).await?;
+            pair.base.push(t.elapsed());
+            if i == 0 {
+                let want: Vec<String> = base
+                    .iter()
+                    .take(PAGE as usize)
+                    .map(|r| r.event_id.clone())
+                    .collect();
+                let offset: i64 = self
+                    .db
+                    .query_one(
+                        "SELECT count(*) FROM events WHERE event_type = $1 AND (occurred_at, event_id) >= ($2, $3)",
+                        &[
+                            &ty,
+                            &last.as_ref().map(|c| c.occurred_at).unwrap_or(SystemTime::UNIX_EPOCH),
+                            &last.as_ref().map(|c| c.event_id.clone()).unwrap_or_default(),
+                        ],
+                    )
+                    .await?
+                    .get(0);
+                checks.check(
+                    format!("query {rows} rows: page {depth} of a type answers the SQL's rows after {offset} newer ones"),
+                    ids(&ours.events) == want
+                        && !want.is_empty()
+                        && offset == (depth as i64 - 1) * i64::from(PAGE),
+                    format!("{} events on the page", want.len()),
+                );
+            }
+        }
+        Ok(pair)
+    }
+
+    async fn hourly(
+        &mut self,
+        checks: &mut Checks,
+        rows: u64,
+        requests: usize,
+    ) -> anyhow::Result<Pair> {
+        let request = AggregateEventsRequest {
+            filter: None,
+            group_by: vec![
+                GroupBy {
+                    key: Some(group_by::Key::Field(EventField::EventType as i32)),
+                },
+                GroupBy {
+                    key: Some(group_by::Key::TimeBucket(TimeBucket {
+                        width: BucketWidth::Hour as i32,
+                        time_zone: String::new(),
+                        payload_path: String::new(),
+                    })),
+                },
+            ],
+            measures: vec![Measure {
+                aggregation: Aggregation::Count as i32,
+                payload_path: String::new(),
+            }],
+            limit: 10_000,
+        };
+        let mut pair = Pair::default();
+        for i in 0..requests {
+            let t = Instant::now();
+            let ours = self
+                .query
+                .aggregate_events(request.clone())
+                .await?
+                .into_inner();
+            pair.ours.push(t.elapsed());
+            let t = Instant::now();
+            let base = self
+                .db
+                .query(
+                    "SELECT event_type, date_trunc('hour', occurred_at, 'UTC') AS hour, count(*)
+                       FROM events GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 10000",
+                    &[],
+                )
+                .await?;
+            pair.base.push(t.elapsed());
+            if i == 0 {
+                let total: f64 = ours
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.values.first())
+                    .filter_map(|v| match &v.kind {
+                        Some(prost_types::value::Kind::NumberValue(n)) => Some(*n),
+                        Some(prost_types::value::Kind::StringValue(s)) => s.parse().ok(),
+                        _ => None,
+                    })
+                    .sum();
+                let base_total: i64 = base.iter().map(|r| r.get::<_, i64>(2)).sum();
+                checks.check(
+                    format!("query {rows} rows: AggregateEvents hourly counts by type add up to every row, as the SQL's"),
+                    ours.rows.len() == base.len() && total as i64 == base_total && base_total as u64 == rows,
+                    format!("{} groups, {} counted", ours.rows.len(), total),
+                );
+            }
+        }
+        Ok(pair)
+    }
+}
+
+pub async fn run(options: &Options, checks: &mut Checks) -> anyhow::Result<Value> {
+    let bin_dir = match &options.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .context("the bench binary has no directory")?,
+    };
+    let binary = bin_dir.join("tributary-query");
+    let (url, pool) = fresh_database(options).await?;
+    let db = crate::connect(&url).await?;
+    let sql = pool.get().await.context("a bench database connection")?;
+    let end = SystemTime::now();
+    let mut loaded = 0u64;
+    let mut sizes = Vec::new();
+    let mut table = Table::new(&[
+        "rows",
+        "shape",
+        "ours p50 ms",
+        "ours p99 ms",
+        "SQL p50 ms",
+        "SQL p99 ms",
+    ]);
+    for rows in options.query_rows() {
+        let seed_s = seed(&db, loaded, rows, end).await?;
+        loaded = rows;
+        println!("seeded {} rows in {seed_s:.1} s", thousands(rows as f64));
+        let service = QueryProcess::start(&binary, &url).await?;
+        let mut shapes = Shapes {
+            query: QueryServiceClient::new(channel(&service.url).await?),
+            db: &sql,
+            end,
+            requests: options.query_requests(),
+        };
+        let depth = if options.quick { 5 } else { 100 };
+        let mut by_user = shapes.by_user(checks, rows).await?;
+        let mut by_type = shapes.by_type_window(checks, rows).await?;
+        let mut deep = shapes.deep_page(checks, rows, depth).await?;
+        let mut size = json!({
+            "rows": rows,
+            "seed_s": round3(seed_s),
+            "list_by_user": by_user.report(),
+            "list_by_type_window": by_type.report(),
+            "deep_page": deep.report(),
+        });
+        size["deep_page"]["page"] = json!(depth);
+        let mut shapes_done = vec![
+            (
+                "ListEvents by user".to_owned(),
+                size["list_by_user"].clone(),
+            ),
+            (
+                "ListEvents by type, 1 h window".to_owned(),
+                size["list_by_type_window"].clone(),
+            ),
+            (
+                format!("ListEvents page {depth} of a type"),
+                size["deep_page"].clone(),
+            ),
+        ];
+        if rows <= 1_000_000 {
+            let mut agg = shapes
+                .hourly(checks, rows, if options.quick { 3 } else { 20 })
+                .await?;
+            size["aggregate_hourly"] = agg.report();
+            shapes_done.push((
+                "AggregateEvents by type and hour, COUNT".to_owned(),
+                size["aggregate_hourly"].clone(),
+            ));
+        }
+        service.stop().await;
+        for (name, v) in shapes_done {
+            table.row(vec![
+                thousands(rows as f64),
+                name,
+                format!("{:.2}", v["p50_ms"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}", v["p99_ms"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}", v["baseline"]["p50_ms"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}", v["baseline"]["p99_ms"].as_f64().unwrap_or(0.0)),
+            ]);
+        }
+        sizes.push(size);
+    }
+    println!(
+        "\n## Query: {} requests per shape, one client, page size {PAGE} (database {DATABASE})\n\n{}\n",
+        options.query_requests(),
+        table.render()
+    );
+    Ok(json!({ "database": DATABASE, "page_size": PAGE, "sizes": sizes }))
+}
