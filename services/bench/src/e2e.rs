@@ -126,7 +126,7 @@ pub async fn run(
     wait_drained(options, Duration::from_secs(300)).await?;
     let drained_cpu = deployment.snapshot().cpu_since(&before);
     let to = ends(options).await?;
-    let max = stored(&db, &from, &to).await?;
+    let max = stored(&db, run_id, &from, &to).await?;
     checks.check(
         "e2e maximum: every acknowledged event became one row",
         acked > 0 && acked == sent && i64::try_from(acked).ok() == Some(max.rows),
@@ -206,13 +206,13 @@ pub async fn run(
     wait_drained(options, Duration::from_secs(120)).await?;
     let steady_cpu = deployment.snapshot().cpu_since(&before);
     let to = ends(options).await?;
-    let steady = stored(&db, &from, &to).await?;
+    let steady = stored(&db, run_id, &from, &to).await?;
     checks.check(
         "e2e steady: every acknowledged event became one row",
         acked > 0 && acked == sent && i64::try_from(acked).ok() == Some(steady.rows),
         format!("sent {sent}, acked {acked}, rows {}", steady.rows),
     );
-    let (condition, _) = topic::range_condition(&from, &to);
+    let condition = topic::run_rows(run_id, &from, &to);
     let row = db
         .query_one(
             &format!(

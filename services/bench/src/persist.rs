@@ -45,10 +45,11 @@ pub struct Stored {
 
 pub async fn stored(
     db: &tokio_postgres::Client,
+    run_id: &str,
     from: &[(i32, i64)],
     to: &[(i32, i64)],
 ) -> anyhow::Result<Stored> {
-    let (condition, _) = topic::range_condition(from, to);
+    let condition = topic::run_rows(run_id, from, to);
     let row = db
         .query_one(
             &format!(
@@ -89,7 +90,7 @@ pub async fn run(
     let done = wait_drained(options, limit).await?;
     let cpu = deployment.snapshot().cpu_since(&before);
     let total_s = done.duration_since(start).as_secs_f64();
-    let s = stored(&db, from, to).await?;
+    let s = stored(&db, run_id, from, to).await?;
     checks.check(
         "persist: every record of the backlog became exactly one row",
         records > 0 && s.rows == records,

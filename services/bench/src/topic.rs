@@ -93,7 +93,9 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The SQL condition selecting the rows stored from the offset ranges
-/// `[from, to)` of each partition, and the number of records in them.
+/// `[from, to)` of each partition, and the number of records in them. A
+/// broker restarted on the memory engine counts offsets from 0 again, so
+/// callers also match their run's event-id prefix ([`run_rows`]).
 pub fn range_condition(from: &[(i32, i64)], to: &[(i32, i64)]) -> (String, i64) {
     let mut clauses = Vec::new();
     let mut records = 0;
@@ -115,6 +117,13 @@ pub fn range_condition(from: &[(i32, i64)], to: &[(i32, i64)]) -> (String, i64) 
     } else {
         (clauses.join(" OR "), records)
     }
+}
+
+/// The rows of this run (event ids `<run_id>.…`) stored from the ranges.
+pub fn run_rows(run_id: &str, from: &[(i32, i64)], to: &[(i32, i64)]) -> String {
+    let (condition, _) = range_condition(from, to);
+    // run_id is `bench-<seconds>`: no quote can occur in it.
+    format!("({condition}) AND starts_with(event_id, '{run_id}.')")
 }
 
 #[cfg(test)]
