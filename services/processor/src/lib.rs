@@ -83,7 +83,7 @@ impl Processor {
         let token = shutdown::token_from(shutdown);
         let readiness = readiness(
             self.pool.clone(),
-            self.consumer.clone(),
+            Arc::downgrade(&self.consumer),
             vec![
                 self.config.kafka.topic.clone(),
                 self.config.kafka.dlq_topic.clone(),
@@ -146,9 +146,15 @@ impl Processor {
 }
 
 /// Ready when PostgreSQL answers and both topics exist.
+///
+/// The check holds the consumer weakly: the servers (and this closure in
+/// them) can outlive the pipeline, and the last owner of a consumer closes
+/// it on drop, which waits for the broker. Held strongly here, the close
+/// happened whenever the servers' tasks were dropped, possibly after the
+/// broker was gone, and then blocked forever (a hung integration test).
 fn readiness(
     pool: Pool,
-    consumer: Arc<consumer::Consumer>,
+    consumer: std::sync::Weak<consumer::Consumer>,
     topics: Vec<String>,
 ) -> http::ReadinessCheck {
     Arc::new(move || {
@@ -159,6 +165,9 @@ fn readiness(
             tributary_store::pool::ping(&pool)
                 .await
                 .map_err(|e| format!("postgresql: {}", tributary_platform::status::chain(&e)))?;
+            let consumer = consumer
+                .upgrade()
+                .ok_or_else(|| "kafka: the consumer is closed (shutting down)".to_owned())?;
             tokio::task::spawn_blocking(move || {
                 for topic in &topics {
                     tributary_kafka::admin::partition_count(
