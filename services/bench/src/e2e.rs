@@ -77,6 +77,17 @@ async fn probe(
     }
 }
 
+/// Events sent and acknowledged by all clients (a failed client counts 0).
+async fn sum_counts(tasks: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
+    let (mut sent, mut acked) = (0, 0);
+    for t in tasks {
+        let (s, a) = t.await.unwrap_or((0, 0));
+        sent += s;
+        acked += a;
+    }
+    (sent, acked)
+}
+
 pub async fn run(
     options: &Options,
     checks: &mut Checks,
@@ -108,12 +119,7 @@ pub async fn run(
             (sent, acked)
         }));
     }
-    let (mut sent, mut acked) = (0u64, 0u64);
-    for t in tasks {
-        let (s, a) = t.await.unwrap_or((0, 0));
-        sent += s;
-        acked += a;
-    }
+    let (sent, acked) = sum_counts(tasks).await;
     let publish_cpu = deployment.snapshot().cpu_since(&before);
     let footprint = procs::footprint_json(
         &deployment.snapshot(),
@@ -196,12 +202,7 @@ pub async fn run(
             (sent, acked)
         }));
     }
-    let (mut sent, mut acked) = (0u64, 0u64);
-    for t in tasks {
-        let (s, a) = t.await.unwrap_or((0, 0));
-        sent += s;
-        acked += a;
-    }
+    let (sent, acked) = sum_counts(tasks).await;
     let publish_s = started.elapsed().as_secs_f64();
     wait_drained(options, Duration::from_secs(120)).await?;
     let steady_cpu = deployment.snapshot().cpu_since(&before);

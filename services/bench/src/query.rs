@@ -211,6 +211,38 @@ struct Shapes<'a> {
 }
 
 impl Shapes<'_> {
+    /// One page through the service and the same page through the SQL, each
+    /// timed into `pair`; answers the event ids of both pages.
+    async fn list_both(
+        &mut self,
+        pair: &mut Pair,
+        ours: PbFilter,
+        token: &str,
+        sql: &EventFilter,
+        after: Option<&Cursor>,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let t = Instant::now();
+        let page = self
+            .query
+            .list_events(ListEventsRequest {
+                filter: Some(ours),
+                page_size: PAGE,
+                page_token: token.to_owned(),
+            })
+            .await?
+            .into_inner();
+        pair.ours.push(t.elapsed());
+        let t = Instant::now();
+        let base = list_events(self.db, sql, after, i64::from(PAGE) + 1).await?;
+        pair.base.push(t.elapsed());
+        let want = base
+            .iter()
+            .take(PAGE as usize)
+            .map(|r| r.event_id.clone())
+            .collect();
+        Ok((ids(&page.events), want))
+    }
+
     async fn by_user(&mut self, checks: &mut Checks, rows: u64) -> anyhow::Result<Pair> {
         let mut pair = Pair::default();
         let mut rng = Rng::new(rows ^ 0x5eed);
@@ -221,36 +253,19 @@ impl Shapes<'_> {
             } else {
                 format!("user{}", rng.below(QUERY_USERS))
             };
-            let t = Instant::now();
-            let ours = self
-                .query
-                .list_events(ListEventsRequest {
-                    filter: Some(PbFilter {
-                        user_id: user.clone(),
-                        ..Default::default()
-                    }),
-                    page_size: PAGE,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
-            pair.ours.push(t.elapsed());
+            let pb = PbFilter {
+                user_id: user.clone(),
+                ..Default::default()
+            };
             let filter = EventFilter {
                 user_id: Some(user.clone()),
                 ..Default::default()
             };
-            let t = Instant::now();
-            let base = list_events(self.db, &filter, None, i64::from(PAGE) + 1).await?;
-            pair.base.push(t.elapsed());
+            let (got, want) = self.list_both(&mut pair, pb, "", &filter, None).await?;
             if i == 0 {
-                let want: Vec<String> = base
-                    .iter()
-                    .take(PAGE as usize)
-                    .map(|r| r.event_id.clone())
-                    .collect();
                 checks.check(
                     format!("query {rows} rows: ListEvents by user answers the SQL's rows"),
-                    ids(&ours.events) == want && !want.is_empty(),
+                    got == want && !want.is_empty(),
                     format!("{user}: {} events", want.len()),
                 );
             }
@@ -266,42 +281,25 @@ impl Shapes<'_> {
             let ty = format!("type.{:02}", rng.below(QUERY_TYPES));
             let back = Duration::from_secs(rng.below(QUERY_SPAN.as_secs() - 3600) + 3600);
             let (after, before) = (self.end - back, self.end - back + hour);
-            let t = Instant::now();
-            let ours = self
-                .query
-                .list_events(ListEventsRequest {
-                    filter: Some(PbFilter {
-                        event_types: vec![ty.clone()],
-                        occurred_after: Some(ts(after)),
-                        occurred_before: Some(ts(before)),
-                        ..Default::default()
-                    }),
-                    page_size: PAGE,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
-            pair.ours.push(t.elapsed());
+            let pb = PbFilter {
+                event_types: vec![ty.clone()],
+                occurred_after: Some(ts(after)),
+                occurred_before: Some(ts(before)),
+                ..Default::default()
+            };
             let filter = EventFilter {
                 event_types: vec![ty.clone()],
                 occurred_after: Some(after),
                 occurred_before: Some(before),
                 ..Default::default()
             };
-            let t = Instant::now();
-            let base = list_events(self.db, &filter, None, i64::from(PAGE) + 1).await?;
-            pair.base.push(t.elapsed());
+            let (got, want) = self.list_both(&mut pair, pb, "", &filter, None).await?;
             if i == 0 {
-                let want: Vec<String> = base
-                    .iter()
-                    .take(PAGE as usize)
-                    .map(|r| r.event_id.clone())
-                    .collect();
                 checks.check(
                     format!(
                         "query {rows} rows: ListEvents by type and hour answers the SQL's rows"
                     ),
-                    ids(&ours.events) == want,
+                    got == want,
                     format!("{ty}: {} events", want.len()),
                 );
             }
@@ -355,26 +353,10 @@ impl Shapes<'_> {
         };
         let mut pair = Pair::default();
         for i in 0..self.requests {
-            let t = Instant::now();
-            let ours = self
-                .query
-                .list_events(ListEventsRequest {
-                    filter: Some(filter_pb.clone()),
-                    page_size: PAGE,
-                    page_token: token.clone(),
-                })
-                .await?
-                .into_inner();
-            pair.ours.push(t.elapsed());
-            let t = Instant::now();
-            let base = list_events(self.db, &filter, last.as_ref(), i64::from(PAGE) + 1).await?;
-            pair.base.push(t.elapsed());
+            let (got, want) = self
+                .list_both(&mut pair, filter_pb.clone(), &token, &filter, last.as_ref())
+                .await?;
             if i == 0 {
-                let want: Vec<String> = base
-                    .iter()
-                    .take(PAGE as usize)
-                    .map(|r| r.event_id.clone())
-                    .collect();
                 let offset: i64 = self
                     .db
                     .query_one(
@@ -389,7 +371,7 @@ impl Shapes<'_> {
                     .get(0);
                 checks.check(
                     format!("query {rows} rows: page {depth} of a type answers the SQL's rows after {offset} newer ones"),
-                    ids(&ours.events) == want
+                    got == want
                         && !want.is_empty()
                         && offset == (depth as i64 - 1) * i64::from(PAGE),
                     format!("{} events on the page", want.len()),
