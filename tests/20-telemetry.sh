@@ -61,6 +61,38 @@ else
     "$(grep -F "$TRACE_ID" "$TRACE_FILE" 2>/dev/null | jq -c '{name, kind, service, span_id, parent_span_id}' | head -n 10)"
 fi
 
+# One PublishBatch is one publish: a single producer span for the request,
+# whose context every record of the batch carries to the processor.
+section "batch trace"
+BATCH_IDS=("trace-batch-$T_RUN_ID-0" "trace-batch-$T_RUN_ID-1" "trace-batch-$T_RUN_ID-2")
+BATCH_TRACE_IDS=()
+if expect_ok "publish a batch of three events to trace" "$INGEST_ADDR" tributary.v1.IngestService/PublishBatch \
+  "$(jq -nc '{events: [$ARGS.positional[] | {eventId: ., eventType: "trace.check", userId: "tracer"}]}' --args "${BATCH_IDS[@]}")"; then
+  for id in "${BATCH_IDS[@]}"; do
+    if wait_persisted "$id" 30; then
+      BATCH_TRACE_IDS+=("$(jq -r '.traceId' <<<"$GC_OUT")")
+    else
+      fail "batch event $id was persisted" "$GC_ERR"
+    fi
+  done
+fi
+if ((${#BATCH_TRACE_IDS[@]} == 3)); then
+  assert_eq "the batch's three events share one trace" "1" \
+    "$(printf '%s\n' "${BATCH_TRACE_IDS[@]}" | sort -u | wc -l | tr -d ' ')"
+  batch_producer_spans() {
+    BATCH_SPANS=$(grep -F "${BATCH_TRACE_IDS[0]}" "$TRACE_FILE" 2>/dev/null | jq -sc --arg t "${BATCH_TRACE_IDS[0]}" '
+      map(select(.trace_id == $t and .kind == "producer"))
+      | {count: length, messages: (first.attributes["messaging.batch.message_count"] // null)}') &&
+      [[ "$(jq -r '.count' <<<"$BATCH_SPANS")" -ge 1 ]]
+  }
+  BATCH_SPANS=""
+  if poll 30 batch_producer_spans; then
+    assert_eq "one producer span for the batch, counting its three messages" '{"count":1,"messages":3}' "$BATCH_SPANS"
+  else
+    fail "the trace sink received the batch's producer span" "trace ${BATCH_TRACE_IDS[0]}: $BATCH_SPANS"
+  fi
+fi
+
 # ================================================================ metrics
 section "metrics endpoints"
 for spec in "ingest 9601" "processor 9602" "query 9603" "admin 9604"; do

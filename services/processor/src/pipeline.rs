@@ -111,11 +111,18 @@ impl Pipeline {
         let start = Instant::now();
         let mut rows: Vec<NewEvent> = Vec::with_capacity(batch.len());
         let mut links: Vec<SpanContext> = Vec::new();
+        let mut linked = std::collections::HashSet::new();
         let mut poison: Vec<NewDeadLetter> = Vec::new();
         for message in batch {
             match decode::decode(message, &self.schemas) {
                 Decoded::Event(e) => {
-                    links.extend(e.parent);
+                    // The records of one ingest request share its producer
+                    // span: link it once.
+                    if let Some(parent) = e.parent
+                        && linked.insert((parent.trace_id(), parent.span_id()))
+                    {
+                        links.push(parent);
+                    }
                     rows.push(e.row);
                 }
                 Decoded::Poison(d) => poison.push(*d),
@@ -131,7 +138,7 @@ impl Pipeline {
             otel.kind = "consumer",
             messaging.system = "kafka",
             messaging.operation.type = "process",
-            messaging.batch.message_count = batch.len(),
+            messaging.batch.message_count = i64::try_from(batch.len()).unwrap_or(i64::MAX),
         );
         for link in links {
             span.add_link(link);
