@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures_util::FutureExt as _;
 use futures_util::future::join_all;
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -165,14 +166,6 @@ impl IngestApi {
         .await
     }
 
-    /// Produces one prepared event (see [`Self::produce`]).
-    async fn produce_one(&self, prepared: &Prepared) -> Result<(), ProduceError> {
-        self.produce(&[prepared])
-            .await
-            .pop()
-            .unwrap_or(Err(ProduceError::QueueFull))
-    }
-
     /// With `--require-registered-types`, an event can be judged only once
     /// the registry is loaded: until then every type would look unregistered,
     /// and the client would be told its event is invalid when it is not.
@@ -221,6 +214,141 @@ impl IngestApi {
 
 type ResultStream = Pin<Box<dyn Stream<Item = Result<PublishResult, Status>> + Send>>;
 
+/// What became of one event of a publish: its id (assigned, or the client's
+/// when it was rejected) and its status.
+struct Outcome {
+    event_id: String,
+    result: Result<(), Status>,
+}
+
+impl IngestApi {
+    /// Validates `events`, reserves room for the valid ones and produces them
+    /// as one publish. One outcome per event, in order. `Err` when the call
+    /// as a whole is refused (not ready, or at the in-flight limit).
+    /// `field(i)` is event `i`'s path in the request.
+    async fn publish_events(
+        &self,
+        events: Vec<Event>,
+        field: impl Fn(usize) -> String,
+        received_at: SystemTime,
+    ) -> Result<Vec<Outcome>, Status> {
+        self.registry_gate()?;
+        let trace_id = trace_context::current_trace_id();
+        // A rejected event's result still names it, when the client named it.
+        let prepared: Vec<Result<Prepared, (String, Status)>> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let client_id = e.event_id.clone();
+                self.prepare(e, &field(i), received_at, &trace_id)
+                    .map_err(|v| (client_id, pstatus::invalid_argument(&v)))
+            })
+            .collect();
+        let valid: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        self.metrics
+            .rejected(Rejection::Invalid, (prepared.len() - valid.len()) as u64);
+        let _permit = if valid.is_empty() {
+            None
+        } else {
+            Some(self.try_reserve(valid.len())?)
+        };
+
+        // The valid events' outcomes, merged back between the invalid ones'.
+        let mut produced = self.produce(&valid).await.into_iter();
+        let outcomes: Vec<Outcome> = prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(p) => Outcome {
+                    result: produced
+                        .next()
+                        .unwrap_or(Err(ProduceError::QueueFull))
+                        .map_err(|e| self.produce_status(&e)),
+                    event_id: p.event_id,
+                },
+                Err((event_id, status)) => Outcome {
+                    event_id,
+                    result: Err(status),
+                },
+            })
+            .collect();
+        let accepted = outcomes.iter().filter(|o| o.result.is_ok()).count();
+        self.metrics.accepted(accepted as u64);
+        Ok(outcomes)
+    }
+
+    /// Publishes stream messages that arrived together as one publish, and
+    /// answers each.
+    async fn publish_stream_chunk(&self, chunk: Vec<(i32, PublishRequest)>) -> Vec<PublishResult> {
+        let received_at = SystemTime::now();
+        let mut results = Vec::with_capacity(chunk.len());
+        let mut indexes = Vec::with_capacity(chunk.len());
+        let mut events = Vec::with_capacity(chunk.len());
+        for (index, message) in chunk {
+            match message.event {
+                Some(event) => {
+                    indexes.push(index);
+                    events.push(event);
+                }
+                None => {
+                    self.metrics.rejected(Rejection::Invalid, 1);
+                    let status = pstatus::invalid_argument(&[FieldViolation {
+                        field: format!("stream[{index}].event"),
+                        description: "is required".into(),
+                    }]);
+                    results.push(PublishResult {
+                        index,
+                        event_id: String::new(),
+                        status: Some(pstatus::to_rpc_status(&status)),
+                    });
+                }
+            }
+        }
+        let client_ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+        let outcomes =
+            match self
+                .publish_events(
+                    events,
+                    |k| format!("stream[{}].event", indexes[k]),
+                    received_at,
+                )
+                .await
+            {
+                Ok(outcomes) => outcomes,
+                // Refused as a whole: every event gets the call's status.
+                Err(status) => {
+                    return results
+                        .into_iter()
+                        .chain(indexes.iter().zip(client_ids).map(|(&index, event_id)| {
+                            PublishResult {
+                                index,
+                                event_id,
+                                status: Some(pstatus::to_rpc_status(&status)),
+                            }
+                        }))
+                        .collect();
+                }
+            };
+        results.extend(
+            outcomes
+                .into_iter()
+                .zip(&indexes)
+                .map(|(o, &index)| stream_result(index, o)),
+        );
+        results
+    }
+}
+
+fn stream_result(index: i32, outcome: Outcome) -> PublishResult {
+    PublishResult {
+        index,
+        event_id: outcome.event_id,
+        status: Some(match &outcome.result {
+            Ok(()) => pstatus::ok_rpc_status(),
+            Err(status) => pstatus::to_rpc_status(status),
+        }),
+    }
+}
+
 #[tonic::async_trait]
 impl IngestService for IngestApi {
     async fn publish(
@@ -228,7 +356,6 @@ impl IngestService for IngestApi {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let received_at = SystemTime::now();
-        self.registry_gate()?;
         let Some(event) = request.into_inner().event else {
             self.metrics.rejected(Rejection::Invalid, 1);
             return Err(pstatus::invalid_argument(&[FieldViolation {
@@ -236,20 +363,14 @@ impl IngestService for IngestApi {
                 description: "is required".into(),
             }]));
         };
-        let trace_id = trace_context::current_trace_id();
-        let prepared = self
-            .prepare(event, "event", received_at, &trace_id)
-            .map_err(|v| {
-                self.metrics.rejected(Rejection::Invalid, 1);
-                pstatus::invalid_argument(&v)
-            })?;
-        let _permit = self.try_reserve(1)?;
-        self.produce_one(&prepared)
-            .await
-            .map_err(|e| self.produce_status(&e))?;
-        self.metrics.accepted(1);
+        let outcome = self
+            .publish_events(vec![event], |_| "event".to_owned(), received_at)
+            .await?
+            .pop()
+            .ok_or_else(|| Status::internal("no outcome for the event"))?;
+        outcome.result?;
         Ok(Response::new(PublishResponse {
-            event_id: prepared.event_id,
+            event_id: outcome.event_id,
         }))
     }
 
@@ -284,71 +405,14 @@ impl IngestService for IngestApi {
         }
 
         let n = request.events.len();
-        // A rejected event's result still names it, when the client named it.
-        let client_ids: Vec<String> = request.events.iter().map(|e| e.event_id.clone()).collect();
-        let trace_id = trace_context::current_trace_id();
-        let prepared: Vec<Result<Prepared, Status>> = request
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                self.prepare(e, &format!("events[{i}]"), received_at, &trace_id)
-                    .map_err(|v| pstatus::invalid_argument(&v))
-            })
-            .collect();
-        let valid: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-        self.metrics
-            .rejected(Rejection::Invalid, (n - valid.len()) as u64);
-        let _permit = if valid.is_empty() {
-            None
-        } else {
-            Some(self.try_reserve(valid.len())?)
-        };
-
-        // The valid events' outcomes, in order, merged back between the
-        // invalid ones'.
-        let mut produced = self.produce(&valid).await.into_iter();
-        let outcomes: Vec<Result<(), Status>> = prepared
+        let outcomes = self
+            .publish_events(request.events, |i| format!("events[{i}]"), received_at)
+            .await?;
+        let accepted = outcomes.iter().filter(|o| o.result.is_ok()).count();
+        let unavailable = outcomes
             .iter()
-            .map(|p| match p {
-                Ok(_) => produced
-                    .next()
-                    .unwrap_or(Err(ProduceError::QueueFull))
-                    .map_err(|e| self.produce_status(&e)),
-                Err(s) => Err(s.clone()),
-            })
-            .collect();
-
-        let mut accepted: usize = 0;
-        let mut unavailable: usize = 0;
-        let results: Vec<PublishResult> = outcomes
-            .iter()
-            .zip(&prepared)
-            .enumerate()
-            .map(|(index, (outcome, p))| {
-                let status = match outcome {
-                    Ok(()) => {
-                        accepted += 1;
-                        pstatus::ok_rpc_status()
-                    }
-                    Err(s) => {
-                        if s.code() == tonic::Code::Unavailable {
-                            unavailable += 1;
-                        }
-                        pstatus::to_rpc_status(s)
-                    }
-                };
-                PublishResult {
-                    index: i32::try_from(index).unwrap_or(i32::MAX),
-                    event_id: match p {
-                        Ok(p) => p.event_id.clone(),
-                        Err(_) => client_ids[index].clone(),
-                    },
-                    status: Some(status),
-                }
-            })
-            .collect();
-        self.metrics.accepted(accepted as u64);
+            .filter(|o| matches!(&o.result, Err(s) if s.code() == tonic::Code::Unavailable))
+            .count();
         // Nothing was acknowledged and the broker is why: fail the call, so a
         // client retries it whole (nothing of it was stored, so no duplicates).
         if accepted == 0 && unavailable > 0 {
@@ -356,6 +420,11 @@ impl IngestService for IngestApi {
                 "broker did not acknowledge the batch; retry with backoff",
             ));
         }
+        let results: Vec<PublishResult> = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(index, o)| stream_result(i32::try_from(index).unwrap_or(i32::MAX), o))
+            .collect();
         let accepted = i32::try_from(accepted).unwrap_or(i32::MAX);
         Ok(Response::new(PublishBatchResponse {
             rejected: i32::try_from(n).unwrap_or(i32::MAX) - accepted,
@@ -378,30 +447,50 @@ impl IngestService for IngestApi {
         tokio::spawn(
             async move {
                 let mut index: i32 = 0;
-                loop {
+                let mut ended = false;
+                while !ended {
                     // Wait for room in this stream's window before reading
                     // more: a fast client is slowed, not buffered without bound.
                     let Ok(slot) = window.clone().acquire_owned().await else {
                         break;
                     };
-                    let message = match inbound.next().await {
-                        None => break,
-                        Some(Ok(m)) => m,
-                        Some(Err(status)) => {
-                            tracing::debug!(error = %status, "publish stream ended by the client");
-                            break;
-                        }
+                    let Some(first) = next_message(inbound.next().await) else {
+                        break;
                     };
-                    let i = index;
+                    let mut slots = vec![slot];
+                    let mut chunk = vec![(index, first)];
                     index = index.saturating_add(1);
+                    // Messages the client already sent are published together
+                    // with the first (one publish, as for PublishBatch); none
+                    // is waited for.
+                    while chunk.len() < MAX_BATCH_EVENTS {
+                        let Ok(slot) = window.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        match inbound.next().now_or_never() {
+                            None => break,
+                            Some(next) => match next_message(next) {
+                                Some(message) => {
+                                    slots.push(slot);
+                                    chunk.push((index, message));
+                                    index = index.saturating_add(1);
+                                }
+                                None => {
+                                    ended = true;
+                                    break;
+                                }
+                            },
+                        }
+                    }
                     let api = api.clone();
                     let tx = tx.clone();
                     tokio::spawn(
                         async move {
-                            let result = api.publish_one_of_stream(i, message).await;
-                            // The client may have gone; its events were still handled.
-                            let _ = tx.send(Ok(result)).await;
-                            drop(slot);
+                            for result in api.publish_stream_chunk(chunk).await {
+                                // The client may have gone; its events were still handled.
+                                let _ = tx.send(Ok(result)).await;
+                            }
+                            drop(slots);
                         }
                         .in_current_span(),
                     );
@@ -416,50 +505,15 @@ impl IngestService for IngestApi {
     }
 }
 
-impl IngestApi {
-    async fn publish_one_of_stream(&self, index: i32, message: PublishRequest) -> PublishResult {
-        let received_at = SystemTime::now();
-        let field = format!("stream[{index}].event");
-        let client_id = message
-            .event
-            .as_ref()
-            .map(|e| e.event_id.clone())
-            .unwrap_or_default();
-        let outcome: Result<String, Status> = async {
-            self.registry_gate()?;
-            let event = message.event.ok_or_else(|| {
-                pstatus::invalid_argument(&[FieldViolation {
-                    field: field.clone(),
-                    description: "is required".into(),
-                }])
-            });
-            let event = event.inspect_err(|_| self.metrics.rejected(Rejection::Invalid, 1))?;
-            let trace_id = trace_context::current_trace_id();
-            let prepared = self
-                .prepare(event, &field, received_at, &trace_id)
-                .map_err(|v| {
-                    self.metrics.rejected(Rejection::Invalid, 1);
-                    pstatus::invalid_argument(&v)
-                })?;
-            let _permit = self.try_reserve(1)?;
-            self.produce_one(&prepared)
-                .await
-                .map_err(|e| self.produce_status(&e))?;
-            self.metrics.accepted(1);
-            Ok(prepared.event_id)
-        }
-        .await;
-        match outcome {
-            Ok(event_id) => PublishResult {
-                index,
-                event_id,
-                status: Some(pstatus::ok_rpc_status()),
-            },
-            Err(status) => PublishResult {
-                index,
-                event_id: client_id,
-                status: Some(pstatus::to_rpc_status(&status)),
-            },
+/// The next message of a publish stream; `None` when the stream ended (or
+/// the client broke it off).
+fn next_message(next: Option<Result<PublishRequest, Status>>) -> Option<PublishRequest> {
+    match next {
+        None => None,
+        Some(Ok(message)) => Some(message),
+        Some(Err(status)) => {
+            tracing::debug!(error = %status, "publish stream ended by the client");
+            None
         }
     }
 }
