@@ -201,6 +201,17 @@ pg_create_database() {
 
 pg_write_conf() {
   # Regenerated on every start; postgresql.conf includes it.
+  # Memory: a quarter of RAM for shared buffers (128 MiB to 2 GiB); the
+  # default 128 MiB keeps too little of the events indexes in memory once the
+  # table holds millions of rows (BENCHMARKS.md). WAL: fewer, spread
+  # checkpoints, so inserts do not stall on bursts of full-page writes.
+  # Durability is unchanged (fsync and synchronous_commit stay on: the
+  # processor commits Kafka offsets only after PostgreSQL's commit).
+  local mem_mib shared_mib
+  mem_mib=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo 2>/dev/null) || mem_mib=0
+  shared_mib=$((${mem_mib:-0} / 4))
+  ((shared_mib < 128)) && shared_mib=128
+  ((shared_mib > 2048)) && shared_mib=2048
   cat >"$PG_DATA/tributary.conf" <<EOF
 # written by deploy.sh
 listen_addresses = '127.0.0.1'
@@ -208,6 +219,12 @@ port = $CFG_PG_PORT
 unix_socket_directories = '$PG_SOCKET_DIR'
 max_connections = 200
 password_encryption = 'scram-sha-256'
+shared_buffers = ${shared_mib}MB
+effective_cache_size = $((shared_mib * 2))MB
+wal_buffers = 16MB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+checkpoint_completion_target = 0.9
 EOF
   chown postgres:postgres "$PG_DATA/tributary.conf"
 }
