@@ -293,6 +293,7 @@ TRIBUTARY_PRODUCE_LINGER: {{ $c.linger | quote }}
 TRIBUTARY_CONSUMER_GROUP: {{ $c.consumerGroup | quote }}
 TRIBUTARY_BATCH_SIZE: {{ $c.batchSize | int | quote }}
 TRIBUTARY_BATCH_TIMEOUT: {{ $c.batchTimeout | quote }}
+TRIBUTARY_STORE_CONCURRENCY: {{ $c.storeConcurrency | int | quote }}
 TRIBUTARY_MAX_BACKOFF: {{ $c.maxBackoff | quote }}
 {{- else if eq .component "query" }}
 TRIBUTARY_DB_POOL_SIZE: {{ $c.dbPoolSize | int | quote }}

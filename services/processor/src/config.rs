@@ -37,6 +37,11 @@ pub struct Config {
     /// Longest a batch waits to fill after its first record.
     #[arg(long, env = "TRIBUTARY_BATCH_TIMEOUT", value_parser = parse_duration, default_value = "50ms")]
     pub batch_timeout: Duration,
+    /// Batches stored at once, each in its own transaction (offsets still
+    /// advance in order: only past batches that are all committed).
+    #[arg(long, env = "TRIBUTARY_STORE_CONCURRENCY", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub store_concurrency: u32,
     /// Longest pause between retries while PostgreSQL (or the DLQ) is down.
     #[arg(long, env = "TRIBUTARY_MAX_BACKOFF", value_parser = parse_duration, default_value = "5s")]
     pub max_backoff: Duration,

@@ -130,6 +130,7 @@ impl Processor {
             dlq_topic: self.config.kafka.dlq_topic.clone(),
             batch_size: self.config.batch_size as usize,
             batch_timeout: self.config.batch_timeout,
+            store_concurrency: self.config.store_concurrency as usize,
             max_backoff: self.config.max_backoff,
             metrics: self.metrics.clone(),
         };

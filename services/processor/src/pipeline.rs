@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::StreamExt as _;
 use opentelemetry::trace::SpanContext;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::OwnedMessage;
@@ -30,6 +31,8 @@ pub struct Pipeline {
     pub dlq_topic: String,
     pub batch_size: usize,
     pub batch_timeout: Duration,
+    /// Batches stored at once (each in its own transaction).
+    pub store_concurrency: usize,
     pub max_backoff: Duration,
     pub metrics: ProcessorMetrics,
     pub schemas: tributary_store::schema_cache::SchemaCache,
@@ -52,15 +55,46 @@ impl Pipeline {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+        // Batches are collected by their own task, so collecting the next
+        // never competes with (or is cancelled by) storing the previous ones.
+        let (batches_tx, mut batches) = tokio::sync::mpsc::channel::<Vec<OwnedMessage>>(1);
+        let collector = tokio::spawn(collect_batches(
+            self.consumer.clone(),
+            self.batch_size,
+            self.batch_timeout,
+            batches_tx,
+        ));
+        // Up to `store_concurrency` batches are stored at once (PostgreSQL
+        // spends most of a batch's time in index updates on one core); they
+        // complete in the order they were taken, so offsets only ever move
+        // forward past batches that are all committed.
+        let mut storing = futures_util::stream::FuturesOrdered::<
+            futures_util::future::BoxFuture<'_, (Vec<OwnedMessage>, Result<(), Interrupted>)>,
+        >::new();
         loop {
-            let batch = tokio::select! {
+            tokio::select! {
                 () = token.cancelled() => break,
-                batch = self.next_batch() => batch,
-            };
-            if batch.is_empty() {
-                continue;
+                Some((batch, outcome)) = storing.next(), if !storing.is_empty() => match outcome {
+                    Ok(()) => self.store_offsets(&batch),
+                    Err(Interrupted::Shutdown) => break,
+                },
+                batch = batches.recv(), if storing.len() < self.store_concurrency => {
+                    let Some(batch) = batch else { break };
+                    let this = &self;
+                    let token = &token;
+                    storing.push_back(Box::pin(async move {
+                        let outcome = this.store_batch(&batch, token).await;
+                        (batch, outcome)
+                    }));
+                }
             }
-            match self.store_batch(&batch, &token).await {
+        }
+        collector.abort();
+        let _ = collector.await;
+        // Batches being stored finish (a store stops early only when the
+        // database is down); offsets move past them in order, as above.
+        while let Some((batch, outcome)) = storing.next().await {
+            match outcome {
                 Ok(()) => self.store_offsets(&batch),
                 Err(Interrupted::Shutdown) => break,
             }
@@ -72,32 +106,6 @@ impl Pipeline {
             // NoOffset: nothing was stored since the last commit.
             Err(e) => tracing::info!(error = %e, "no offsets committed at shutdown"),
         }
-    }
-
-    /// Waits for a first record, then collects more until the batch is full
-    /// or `batch_timeout` has passed since the first.
-    async fn next_batch(&self) -> Vec<OwnedMessage> {
-        let mut batch = Vec::with_capacity(self.batch_size);
-        match self.consumer.recv().await {
-            Ok(m) => batch.push(m.detach()),
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return batch;
-            }
-        }
-        let deadline = tokio::time::Instant::now() + self.batch_timeout;
-        while batch.len() < self.batch_size {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m.detach()),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consume failed");
-                    break;
-                }
-                Err(_elapsed) => break,
-            }
-        }
-        batch
     }
 
     /// Stores one batch, retrying with backoff while PostgreSQL or the DLQ
@@ -128,6 +136,10 @@ impl Pipeline {
                 Decoded::Poison(d) => poison.push(*d),
             }
         }
+
+        // Concurrent batches insert in one order (by event id): a duplicate
+        // in both then makes one wait for the other, never a deadlock.
+        rows.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
 
         // The batch span starts its own trace and links to each producer span
         // (OpenTelemetry messaging conventions for batch receive).
@@ -376,6 +388,42 @@ impl Pipeline {
             // A partition revoked mid-batch: its new owner re-reads those
             // records, and the idempotent insert makes that harmless.
             tracing::info!(error = %e, "offsets not stored (partition revoked?)");
+        }
+    }
+}
+
+/// Collects batches into `out` until it closes: each waits for a first
+/// record, then takes more until it holds `size` or `timeout` has passed
+/// since the first.
+async fn collect_batches(
+    consumer: Arc<Consumer>,
+    size: usize,
+    timeout: Duration,
+    out: tokio::sync::mpsc::Sender<Vec<OwnedMessage>>,
+) {
+    loop {
+        let mut batch = Vec::with_capacity(size);
+        match consumer.recv().await {
+            Ok(m) => batch.push(m.detach()),
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while batch.len() < size {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    break;
+                }
+                Err(_elapsed) => break,
+            }
+        }
+        if out.send(batch).await.is_err() {
+            return;
         }
     }
 }

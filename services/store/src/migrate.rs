@@ -31,6 +31,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261122015500_replay_index",
         sql: include_str!("../migrations/20261122015500_replay_index.sql"),
     },
+    Migration {
+        version: "20261122090000_payload_gin_no_fastupdate",
+        sql: include_str!("../migrations/20261122090000_payload_gin_no_fastupdate.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.
