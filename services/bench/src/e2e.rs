@@ -146,7 +146,11 @@ pub async fn run(
     let max_rate = max.rows as f64 / max.receive_to_last_s.max(1e-3);
 
     // 2. Half of it, open loop: each client sends a batch every `interval`.
-    let target = if options.quick { 200.0 } else { max_rate / 2.0 };
+    let target = if options.quick {
+        200.0
+    } else {
+        max_rate * options.e2e_load
+    };
     let interval = Duration::from_secs_f64(options.clients as f64 * batch as f64 / target.max(1.0));
     let seconds = if options.quick {
         2
@@ -260,7 +264,10 @@ pub async fn run(
         procs::cpu_line(&drained_cpu),
     ]);
     t.row(vec![
-        "steady load, events/s (target: half the maximum)".into(),
+        format!(
+            "steady load, events/s (target: {} of the maximum)",
+            options.e2e_load
+        ),
         format!("{} (target {})", thousands(achieved), thousands(target)),
     ]);
     for (name, v) in [
@@ -292,6 +299,7 @@ pub async fn run(
                 "cpu": drained_cpu,
             },
             "target_per_s": round3(target),
+            "load_fraction": options.e2e_load,
             "achieved_per_s": round3(achieved),
             "events": acked,
             "persisted": steady.rows,

@@ -71,6 +71,10 @@ pub struct Options {
     /// Seconds of the end-to-end runs (full mode).
     #[arg(long, default_value_t = 20)]
     pub e2e_seconds: u64,
+    /// The end-to-end steady load as a fraction of the measured maximum
+    /// (the target is stated at 0.5; lower values trace the latency curve).
+    #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
+    pub e2e_load: f64,
     /// Stored rows of the query scenario, ascending (default 1000000,10000000;
     /// quick: 20000). Seeded into a separate database, tributary_bench.
     #[arg(long, value_delimiter = ',')]
@@ -239,6 +243,18 @@ pub fn machine() -> Value {
         "mem_gib": stats::round3(mem_kib / 1024.0 / 1024.0),
         "kernel": kernel.trim(),
     })
+}
+
+/// A number in (0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in (0, 1]"))
+    }
 }
 
 #[cfg(test)]
