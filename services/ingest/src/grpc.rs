@@ -119,6 +119,8 @@ impl IngestApi {
     /// cost more CPU than the rest of ingest's work on it.
     async fn produce(&self, batch: &[&Prepared]) -> Vec<Result<(), ProduceError>> {
         let span = match batch {
+            // Nothing valid to publish: no span for it.
+            [] => return Vec::new(),
             [one] => tracing::info_span!(
                 "kafka.produce",
                 otel.name = %format!("publish {}", self.topic),
