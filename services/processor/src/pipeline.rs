@@ -71,12 +71,17 @@ impl Pipeline {
         let mut storing = futures_util::stream::FuturesOrdered::<
             futures_util::future::BoxFuture<'_, (Vec<OwnedMessage>, Result<(), Interrupted>)>,
         >::new();
+        // Set when a batch ended unstored: no later batch may move offsets.
+        let mut interrupted = false;
         loop {
             tokio::select! {
                 () = token.cancelled() => break,
                 Some((batch, outcome)) = storing.next(), if !storing.is_empty() => match outcome {
                     Ok(()) => self.store_offsets(&batch),
-                    Err(Interrupted::Shutdown) => break,
+                    Err(Interrupted::Shutdown) => {
+                        interrupted = true;
+                        break;
+                    }
                 },
                 batch = batches.recv(), if storing.len() < self.store_concurrency => {
                     let Some(batch) = batch else { break };
@@ -92,13 +97,16 @@ impl Pipeline {
         collector.abort();
         let _ = collector.await;
         // Batches being stored finish (a store stops early only when the
-        // database is down); offsets move past them in order, as above.
-        while let Some((batch, outcome)) = storing.next().await {
+        // database is down); offsets move past them in order, as above, and
+        // never past a batch that ended unstored. Dropping the rest rolls
+        // their transactions back; they are read again after a restart.
+        while !interrupted && let Some((batch, outcome)) = storing.next().await {
             match outcome {
                 Ok(()) => self.store_offsets(&batch),
-                Err(Interrupted::Shutdown) => break,
+                Err(Interrupted::Shutdown) => interrupted = true,
             }
         }
+        drop(storing);
         // Stored offsets are committed now rather than at the next
         // auto-commit tick, so a restart resumes exactly after the last batch.
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
