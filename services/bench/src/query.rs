@@ -113,27 +113,18 @@ async fn seed(
     end: SystemTime,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
-    let indexes: Vec<String> = db
+    // (name, definition) of every secondary index, read in one query.
+    let indexes: Vec<(String, String)> = db
         .query(
-            "SELECT indexdef FROM pg_indexes
+            "SELECT indexname, indexdef FROM pg_indexes
               WHERE schemaname = current_schema() AND tablename = 'events' AND indexname <> 'events_pkey'",
             &[],
         )
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let names: Vec<String> = db
-        .query(
-            "SELECT indexname FROM pg_indexes
-              WHERE schemaname = current_schema() AND tablename = 'events' AND indexname <> 'events_pkey'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for name in &names {
+    for (name, _) in &indexes {
         db.batch_execute(&format!("DROP INDEX {name}")).await?;
     }
     db.batch_execute("ALTER TABLE events DROP CONSTRAINT events_pkey")
@@ -159,7 +150,7 @@ async fn seed(
          ALTER TABLE events ADD PRIMARY KEY (event_id)",
     )
     .await?;
-    for def in &indexes {
+    for (_, def) in &indexes {
         db.batch_execute(def).await.with_context(|| def.clone())?;
     }
     db.batch_execute("VACUUM ANALYZE events").await?;
