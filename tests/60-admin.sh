@@ -32,39 +32,15 @@ sql() {
   PGPASSWORD=${PGPASSWORD:-postgres} psql -h 127.0.0.1 -p "${TB_PG_PORT:-55432}" -U postgres -d tributary -XAtqc "$1"
 }
 
-# Stopping the processor: it is started again by admin_start_processor, or by
-# the EXIT trap (chained before the one already set, e.g. test-system.sh's).
-ADMIN_PROCESSOR_DOWN=0
-ADMIN_PREV_EXIT=$(trap -p EXIT)
-ADMIN_PREV_EXIT=${ADMIN_PREV_EXIT#"trap -- '"}
-ADMIN_PREV_EXIT=${ADMIN_PREV_EXIT%"' EXIT"}
-ADMIN_PREV_INT=$(trap -p INT)
-ADMIN_PREV_TERM=$(trap -p TERM)
-admin_on_exit() {
-  local rc=$?
-  if ((ADMIN_PROCESSOR_DOWN)); then
-    printf 'restarting the processor this test stopped\n' >&2
-    ./deploy.sh start processor >&2
-  fi
-  if [[ -n "$ADMIN_PREV_EXIT" ]]; then
-    (exit "$rc")
-    eval "$ADMIN_PREV_EXIT"
-  fi
-  exit "$rc"
-}
+# Stopping the processor: it is started again by admin_start_processor, or,
+# should the area be cut short, by guard_processor's EXIT trap.
 admin_stop_processor() {
-  ADMIN_PROCESSOR_DOWN=1
-  trap admin_on_exit EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  guard_processor
   check "$1: ./deploy.sh stop processor" ./deploy.sh stop processor
 }
 admin_start_processor() {
   check "$1: ./deploy.sh start processor (waits until healthy)" ./deploy.sh start processor
-  ADMIN_PROCESSOR_DOWN=0
-  if [[ -n "$ADMIN_PREV_EXIT" ]]; then trap -- "$ADMIN_PREV_EXIT" EXIT; else trap - EXIT; fi
-  if [[ -n "$ADMIN_PREV_INT" ]]; then eval "$ADMIN_PREV_INT"; else trap - INT; fi
-  if [[ -n "$ADMIN_PREV_TERM" ]]; then eval "$ADMIN_PREV_TERM"; else trap - TERM; fi
+  unguard_processor
 }
 
 # lag: GetConsumerLag of the processor's group; GC_OUT holds the answer.

@@ -15,39 +15,6 @@ BENCH_DIR="$TB_LOG_DIR/test-system"
 BENCH_JSON="$BENCH_DIR/bench-quick.json"
 BENCH_TXT="$BENCH_DIR/bench-quick.txt"
 
-# processor_running: ./deploy.sh status says the processor runs. (Its exit
-# status is non-zero whenever any part is unhealthy, so it is not piped.)
-processor_running() {
-  local status
-  status=$(./deploy.sh status --porcelain 2>/dev/null)
-  awk '$1 == "processor" && $2 == "running" { found = 1 } END { exit !found }' <<<"$status"
-}
-
-# While the bench runs, an EXIT trap (chained before the one already set, e.g.
-# test-system.sh's) starts the processor should the bench have left it stopped.
-BENCH_PREV_EXIT=$(trap -p EXIT)
-BENCH_PREV_EXIT=${BENCH_PREV_EXIT#"trap -- '"}
-BENCH_PREV_EXIT=${BENCH_PREV_EXIT%"' EXIT"}
-BENCH_PREV_INT=$(trap -p INT)
-BENCH_PREV_TERM=$(trap -p TERM)
-bench_on_exit() {
-  local rc=$?
-  if ! processor_running; then
-    printf 'starting the processor the bench stopped\n' >&2
-    ./deploy.sh start processor >&2
-  fi
-  if [[ -n "$BENCH_PREV_EXIT" ]]; then
-    (exit "$rc")
-    eval "$BENCH_PREV_EXIT"
-  fi
-  exit "$rc"
-}
-bench_restore_traps() {
-  if [[ -n "$BENCH_PREV_EXIT" ]]; then trap -- "$BENCH_PREV_EXIT" EXIT; else trap - EXIT; fi
-  if [[ -n "$BENCH_PREV_INT" ]]; then eval "$BENCH_PREV_INT"; else trap - INT; fi
-  if [[ -n "$BENCH_PREV_TERM" ]]; then eval "$BENCH_PREV_TERM"; else trap - TERM; fi
-}
-
 # bench_json NAME EXPR [DETAIL]: passes when the jq expression is true of the
 # report; on failure prints DETAIL (a jq filter, raw output) of the report,
 # after jq's error if EXPR failed otherwise than by being false.
@@ -82,9 +49,8 @@ section "bench (quick mode; output in $BENCH_DIR)"
 mkdir -p "$BENCH_DIR"
 # A report left by an earlier run must not pass for this one's.
 rm -f "$BENCH_JSON"
-trap bench_on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# Should the run be cut short with the processor stopped, it is started again.
+guard_processor
 check_logged "tributary-bench --quick against the running deployment exits 0" "$BENCH_TXT" \
   "$TB_BIN_DIR/tributary-bench" --quick --state-dir "$TB_STATE_DIR" --deploy "$TB_ROOT/deploy.sh" --out "$BENCH_JSON"
 if processor_running; then
@@ -93,7 +59,7 @@ else
   fail "the processor runs after the bench" "$(./deploy.sh status --porcelain 2>&1)"
   check "./deploy.sh start processor (the bench left it stopped)" ./deploy.sh start processor
 fi
-bench_restore_traps
+unguard_processor
 
 if ! jq -e 'type == "object"' "$BENCH_JSON" >/dev/null 2>&1; then
   fail "the bench wrote its JSON report ($BENCH_JSON)" "$(head -c 2000 "$BENCH_JSON" 2>&1)"

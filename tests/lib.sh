@@ -190,6 +190,48 @@ expect_code() {
   fi
 }
 
+# ---------------------------------------------------------------- processor guard
+
+# processor_running: ./deploy.sh status says the processor runs. (Its exit
+# status is non-zero whenever any part is unhealthy, so it is not piped.)
+processor_running() {
+  local status
+  status=$(./deploy.sh status --porcelain 2>/dev/null)
+  awk '$1 == "processor" && $2 == "running" { found = 1 } END { exit !found }' <<<"$status"
+}
+
+# guard_processor: until unguard_processor, an EXIT trap (chained before the
+# one already set, e.g. test-system.sh's) starts the processor again should the
+# area be cut short while it is stopped; INT and TERM exit through it.
+guard_processor() {
+  TB_GUARD_PREV_EXIT=$(trap -p EXIT)
+  TB_GUARD_PREV_EXIT=${TB_GUARD_PREV_EXIT#"trap -- '"}
+  TB_GUARD_PREV_EXIT=${TB_GUARD_PREV_EXIT%"' EXIT"}
+  TB_GUARD_PREV_INT=$(trap -p INT)
+  TB_GUARD_PREV_TERM=$(trap -p TERM)
+  trap guard_processor_on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+guard_processor_on_exit() {
+  local rc=$?
+  if ! processor_running; then
+    printf 'starting the processor this area stopped\n' >&2
+    ./deploy.sh start processor >&2
+  fi
+  if [[ -n "$TB_GUARD_PREV_EXIT" ]]; then
+    (exit "$rc")
+    eval "$TB_GUARD_PREV_EXIT"
+  fi
+  exit "$rc"
+}
+# unguard_processor: puts back the traps guard_processor found.
+unguard_processor() {
+  if [[ -n "$TB_GUARD_PREV_EXIT" ]]; then trap -- "$TB_GUARD_PREV_EXIT" EXIT; else trap - EXIT; fi
+  if [[ -n "$TB_GUARD_PREV_INT" ]]; then eval "$TB_GUARD_PREV_INT"; else trap - INT; fi
+  if [[ -n "$TB_GUARD_PREV_TERM" ]]; then eval "$TB_GUARD_PREV_TERM"; else trap - TERM; fi
+}
+
 # ---------------------------------------------------------------- polling
 
 # poll TIMEOUT CMD...: runs CMD every 0.5 s until it succeeds or TIMEOUT s pass.
