@@ -14,6 +14,9 @@ pub enum JsonError {
     NonFiniteNumber { path: String },
     /// PostgreSQL `jsonb` (and `text`) cannot hold U+0000.
     NulCharacter { path: String },
+    /// Not a decodable `google.protobuf.Struct` (ingest reads the payload's
+    /// bytes itself, see [`crate::wire`]).
+    Malformed { path: String, why: String },
 }
 
 impl std::fmt::Display for JsonError {
@@ -21,6 +24,9 @@ impl std::fmt::Display for JsonError {
         match self {
             Self::NonFiniteNumber { path } => write!(f, "{path} is not a finite number"),
             Self::NulCharacter { path } => write!(f, "{path} contains a NUL character"),
+            Self::Malformed { path, why } => {
+                write!(f, "is not a valid google.protobuf.Struct: {why} at {path}")
+            }
         }
     }
 }
@@ -95,7 +101,7 @@ fn display_path(path: &str) -> String {
 
 /// Integral values print without a fraction (`3`, not `3.0`), so a payload
 /// round-trips through PostgreSQL unchanged.
-fn number(n: f64) -> Option<Number> {
+pub(crate) fn number(n: f64) -> Option<Number> {
     if !n.is_finite() {
         return None;
     }

@@ -23,3 +23,4 @@ pub mod service_names {
 
 pub mod json;
 pub mod validate;
+pub mod wire;

@@ -30,8 +30,6 @@ pub struct FieldViolation {
 pub struct ValidEvent {
     /// The payload as compact JSON text (`{}` when absent).
     pub payload_json: String,
-    /// The same payload as a JSON value (for schema checks).
-    pub payload: serde_json::Value,
     /// `occurred_at`, truncated to microseconds (what PostgreSQL stores), or
     /// `now` when the client left it unset.
     pub occurred_at: Timestamp,
@@ -41,6 +39,23 @@ pub struct ValidEvent {
 /// Collects every violation rather than stopping at the first.
 pub fn validate_event(
     event: &Event,
+    prefix: &str,
+    now: SystemTime,
+) -> Result<ValidEvent, Vec<FieldViolation>> {
+    let payload_json = event
+        .payload
+        .as_ref()
+        .map(|p| struct_to_json(p).map(|map| serde_json::Value::Object(map).to_string()));
+    validate_with_payload(event, payload_json, prefix, now)
+}
+
+/// [`validate_event`] for an event whose payload was already turned into
+/// JSON text (`None`: no payload); `event.payload` itself is not looked at.
+/// Ingest writes the text straight from the request's bytes
+/// ([`crate::wire::struct_json`]).
+pub fn validate_with_payload(
+    event: &Event,
+    payload_json: Option<Result<String, JsonError>>,
     prefix: &str,
     now: SystemTime,
 ) -> Result<ValidEvent, Vec<FieldViolation>> {
@@ -86,43 +101,30 @@ pub fn validate_event(
         },
     };
 
-    let payload_json = match &event.payload {
-        None => Some((
-            serde_json::Value::Object(Default::default()),
-            "{}".to_owned(),
-        )),
-        Some(payload) => match struct_to_json(payload) {
-            Ok(map) => {
-                let value = serde_json::Value::Object(map);
-                let text = value.to_string();
-                if text.len() > MAX_PAYLOAD_BYTES {
-                    violation(
-                        "payload",
-                        format!(
-                            "is {} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES}",
-                            text.len()
-                        ),
-                    );
-                    None
-                } else {
-                    Some((value, text))
-                }
-            }
-            Err(e @ (JsonError::NonFiniteNumber { .. } | JsonError::NulCharacter { .. })) => {
-                violation("payload", e.to_string());
-                None
-            }
-        },
+    let payload_json = match payload_json {
+        None => Some("{}".to_owned()),
+        Some(Ok(text)) if text.len() > MAX_PAYLOAD_BYTES => {
+            violation(
+                "payload",
+                format!(
+                    "is {} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES}",
+                    text.len()
+                ),
+            );
+            None
+        }
+        Some(Ok(text)) => Some(text),
+        Some(Err(e)) => {
+            violation("payload", e.to_string());
+            None
+        }
     };
 
     match (occurred_at, payload_json) {
-        (Some(occurred_at), Some((payload, payload_json))) if violations.is_empty() => {
-            Ok(ValidEvent {
-                payload_json,
-                payload,
-                occurred_at,
-            })
-        }
+        (Some(occurred_at), Some(payload_json)) if violations.is_empty() => Ok(ValidEvent {
+            payload_json,
+            occurred_at,
+        }),
         _ => Err(violations),
     }
 }

@@ -14,12 +14,14 @@ use tracing::Instrument as _;
 use tributary_kafka::producer::{ProduceError, Producer, Record};
 use tributary_platform::status as pstatus;
 use tributary_platform::trace_context;
-use tributary_proto::v1::ingest_service_server::IngestService;
 use tributary_proto::v1::{
-    Event, EventEnvelope, IngestMetadata, PublishBatchRequest, PublishBatchResponse,
-    PublishRequest, PublishResponse, PublishResult,
+    EventEnvelope, IngestMetadata, PublishBatchResponse, PublishResponse, PublishResult,
 };
+// The requests keep each payload as its encoded bytes: `prepare` writes the
+// JSON straight from them (see `tributary_proto::wire`).
 use tributary_proto::validate::{self, FieldViolation, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use tributary_proto::wire::ingest_service_server::IngestService;
+use tributary_proto::wire::{self, Event, PublishBatchRequest, PublishRequest};
 
 use crate::metrics::{IngestMetrics, Rejection};
 
@@ -51,16 +53,26 @@ impl IngestApi {
     /// `trace_id` the request's.
     fn prepare(
         &self,
-        mut event: Event,
+        event: Event,
         field: &str,
         received_at: SystemTime,
         trace_id: &str,
     ) -> Result<Prepared, Vec<FieldViolation>> {
-        let valid = validate::validate_event(&event, field, received_at)?;
+        let (mut event, payload) = event.into_fields();
+        let payload_json = payload.map(|encoded| wire::struct_json(&encoded));
+        let valid = validate::validate_with_payload(&event, payload_json, field, received_at)?;
         let schema_version = match self.schemas.get(&event.event_type) {
             Some(schema) => {
+                // Only a registered type needs the payload as a JSON value.
+                let payload: serde_json::Value = serde_json::from_str(&valid.payload_json)
+                    .map_err(|e| {
+                        vec![FieldViolation {
+                            field: format!("{field}.payload"),
+                            description: format!("cannot be read back as JSON: {e}"),
+                        }]
+                    })?;
                 let failures =
-                    tributary_store::event_types::violations(&schema.validator, &valid.payload);
+                    tributary_store::event_types::violations(&schema.validator, &payload);
                 if !failures.is_empty() {
                     return Err(failures
                         .into_iter()
@@ -90,7 +102,6 @@ impl IngestApi {
             event.event_id = uuid::Uuid::now_v7().to_string();
         }
         event.occurred_at = Some(valid.occurred_at);
-        event.payload = None;
         let key = validate::partition_key(&event).to_owned();
         let event_id = event.event_id.clone();
         let envelope = EventEnvelope {

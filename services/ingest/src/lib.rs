@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tributary_kafka::producer::{Producer, ProducerSettings};
 use tributary_platform::{http, service, shutdown};
 use tributary_proto::service_names;
-use tributary_proto::v1::ingest_service_server::IngestServiceServer;
+use tributary_proto::wire::ingest_service_server::IngestServiceServer;
 
 pub use config::Config;
 

@@ -21,6 +21,19 @@ use tributary_testkit::{TestBroker, TestDb, free_port, suffix};
 type Client = IngestServiceClient<tonic::transport::Channel>;
 
 async fn start(db: &TestDb, kafka: &KafkaArgs, extra: &[&str]) -> (Client, CancellationToken) {
+    let (addr, token) = serve(db, kafka, extra).await;
+    let client = IngestServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    (client, token)
+}
+
+/// Starts an ingest; its gRPC address.
+async fn serve(
+    db: &TestDb,
+    kafka: &KafkaArgs,
+    extra: &[&str],
+) -> (std::net::SocketAddr, CancellationToken) {
     tributary_testkit::init_telemetry();
     let mut args = vec![
         "tributary-ingest".to_owned(),
@@ -39,10 +52,7 @@ async fn start(db: &TestDb, kafka: &KafkaArgs, extra: &[&str]) -> (Client, Cance
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(ingest.run(async move { stop.cancelled().await }));
-    let client = IngestServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    (client, token)
+    (addr, token)
 }
 
 fn event(event_type: &str, user: &str) -> Event {
@@ -124,7 +134,10 @@ async fn publish_acks_only_what_the_broker_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_events_are_refused_with_field_violations() {
     let (db, _broker, kafka) = setup().await;
-    let (mut client, token) = start(&db, &kafka, &[]).await;
+    let (addr, token) = serve(&db, &kafka, &[]).await;
+    let mut client = IngestServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
 
     let status = client
         .publish(PublishRequest {
@@ -197,6 +210,68 @@ async fn invalid_events_are_refused_with_field_violations() {
     }
     results.sort_unstable();
     assert_eq!(results, [(0, 0), (1, Code::InvalidArgument as i32), (2, 0)]);
+
+    // Ingest reads payloads from the request's bytes: one that is not a
+    // decodable Struct, and one holding NaN, are refused per event, naming
+    // the field; the rest of the batch goes through.
+    let mut good = Vec::new();
+    event("a", "u1").encode(&mut good).unwrap();
+    let mut truncated = Vec::new();
+    event("a", "u2").encode(&mut truncated).unwrap();
+    // Field 7 (payload), length 3, holding the start of a map entry whose
+    // declared length runs past the end.
+    truncated.extend([0x3a, 3, 0x0a, 9, 0x0a]);
+    let mut nan = event("a", "u3");
+    nan.payload = Some(prost_types::Struct {
+        fields: [(
+            "x".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+            },
+        )]
+        .into(),
+    });
+    let events = [good, truncated, nan.encode_to_vec()]
+        .iter()
+        .map(|bytes| tributary_proto::wire::Event::decode(bytes.as_slice()).unwrap())
+        .collect();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let response: tributary_proto::v1::PublishBatchResponse = raw
+        .unary(
+            tonic::Request::new(tributary_proto::wire::PublishBatchRequest { events }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/tributary.v1.IngestService/PublishBatch",
+            ),
+            tonic_prost::ProstCodec::<
+                tributary_proto::wire::PublishBatchRequest,
+                tributary_proto::v1::PublishBatchResponse,
+            >::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((response.accepted, response.rejected), (1, 2));
+    let messages: Vec<String> = response
+        .results
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().message.clone())
+        .collect();
+    assert!(
+        messages[1].contains("events[1].payload")
+            && messages[1].contains("not a valid google.protobuf.Struct"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[2].contains("events[2].payload")
+            && messages[2].contains("/x is not a finite number"),
+        "{messages:?}"
+    );
     token.cancel();
 }
 
