@@ -35,6 +35,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261122090000_payload_gin_no_fastupdate",
         sql: include_str!("../migrations/20261122090000_payload_gin_no_fastupdate.sql"),
     },
+    Migration {
+        version: "20261122110000_payload_gin_small_pending_list",
+        sql: include_str!("../migrations/20261122110000_payload_gin_small_pending_list.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.
