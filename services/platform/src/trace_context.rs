@@ -49,7 +49,12 @@ struct PairInjector(Vec<(String, String)>);
 
 impl Injector for PairInjector {
     fn set(&mut self, key: &str, value: String) {
-        self.0.push((key.to_owned(), value));
+        // The W3C propagator sets `tracestate` even when it is empty. An
+        // empty header says nothing, yet every Kafka record would carry it
+        // (and a broker storing headers as rows would store it).
+        if !value.is_empty() {
+            self.0.push((key.to_owned(), value));
+        }
     }
 }
 
@@ -62,4 +67,42 @@ pub fn extract_from_pairs<'a>(
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
         .collect();
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&map))
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    fn injected(state: TraceState) -> Vec<(String, String)> {
+        let span = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap_or(TraceId::INVALID),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap_or(SpanId::INVALID),
+            TraceFlags::SAMPLED,
+            true,
+            state,
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(span);
+        let mut carrier = PairInjector(Vec::new());
+        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+        carrier.0
+    }
+
+    #[test]
+    fn an_empty_tracestate_is_not_a_header() {
+        assert_eq!(
+            injected(TraceState::default()),
+            [(
+                "traceparent".to_owned(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()
+            )]
+        );
+        let state = TraceState::from_key_value([("vendor", "x")]).unwrap_or_default();
+        let headers = injected(state);
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[1], ("tracestate".to_owned(), "vendor=x".to_owned()));
+    }
 }
