@@ -39,7 +39,11 @@ BENCH_RATES='[
   {p: "persist rows_per_s", v: .scenarios.persist.rows_per_s},
   {p: "persist baseline rows_per_s", v: .scenarios.persist.baseline.rows_per_s},
   {p: "persist ratio", v: .scenarios.persist.ratio},
-  {p: "e2e max_throughput events_per_s", v: .scenarios.e2e.max_throughput.events_per_s}]'
+  {p: "e2e max_throughput events_per_s", v: .scenarios.e2e.max_throughput.events_per_s},
+  (.scenarios.payload.shapes[] | "payload \(.payload)" as $r
+    | {p: "\($r) ns_per_event", v: .ns_per_event},
+      {p: "\($r) baseline ns_per_event", v: .baseline.ns_per_event},
+      {p: "\($r) ratio", v: .ratio})]'
 # Every object under the query scenario that has a p50_ms (each query and
 # its baseline, per size), as {p: where, v: the object}.
 BENCH_QUERY_LATENCIES='[.scenarios.query | paths(objects | has("p50_ms")) as $p
@@ -86,6 +90,8 @@ else
   bench_json "every throughput and ratio is > 0" \
     "$BENCH_RATES | length > 0 and all(.[]; (.v | type) == \"number\" and .v > 0)" \
     "$BENCH_RATES | .[] | select(((.v | type) == \"number\" and .v > 0) | not) | \"\(.p) = \(.v)\""
+  bench_json "payload: two payload shapes measured, ours and the prost + serde_json baseline" \
+    '(.scenarios.payload.shapes | length) == 2' '.scenarios.payload'
   bench_json "persist: rows == events > 0" \
     '.scenarios.persist | .events > 0 and .rows == .events' '.scenarios.persist | {events, rows}'
   bench_json "e2e: every event persisted (persisted == events > 0)" \

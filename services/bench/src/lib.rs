@@ -7,6 +7,7 @@
 pub mod data;
 pub mod e2e;
 pub mod ingest;
+pub mod payload;
 pub mod persist;
 pub mod procs;
 pub mod query;
@@ -28,13 +29,14 @@ pub struct Options {
     /// correct (test-system.sh runs this); its timings mean nothing.
     #[arg(long)]
     pub quick: bool,
-    /// Scenarios to run, comma-separated: ingest, persist, e2e, query
-    /// (footprint is measured during ingest; persist loads its events with
-    /// the ingest scenario, so it runs that too).
+    /// Scenarios to run, comma-separated: payload, ingest, persist, e2e,
+    /// query (footprint is measured during e2e; persist loads its events
+    /// with the ingest scenario, so it runs that too; payload runs in
+    /// process and needs no deployment).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,persist,e2e,query"
+        default_value = "payload,ingest,persist,e2e,query"
     )]
     pub scenarios: Vec<String>,
     /// Where the JSON report goes.

@@ -3,7 +3,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser as _;
 use serde_json::{Value, json};
-use tributary_bench::{Checks, Options, e2e, ingest, persist, procs, query, topic};
+use tributary_bench::{Checks, Options, e2e, ingest, payload, persist, procs, query, topic};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -65,6 +65,9 @@ async fn run(options: &Options, checks: &mut Checks, report: &mut Value) -> anyh
             .map(|d| d.as_secs())
             .unwrap_or(0)
     );
+    if options.wants("payload") {
+        report["scenarios"]["payload"] = payload::run(options, checks)?;
+    }
     if options.wants("ingest") || options.wants("persist") {
         // The ingest paths are measured without the processor competing; what
         // ingest acknowledged is then the persist scenario's backlog.
