@@ -17,9 +17,9 @@ use tributary_platform::trace_context;
 use tributary_proto::v1::{
     EventEnvelope, IngestMetadata, PublishBatchResponse, PublishResponse, PublishResult,
 };
+use tributary_proto::validate::{self, FieldViolation, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 // The requests keep each payload as its encoded bytes: `prepare` writes the
 // JSON straight from them (see `tributary_proto::wire`).
-use tributary_proto::validate::{self, FieldViolation, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use tributary_proto::wire::ingest_service_server::IngestService;
 use tributary_proto::wire::{self, Event, PublishBatchRequest, PublishRequest};
 
