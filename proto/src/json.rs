@@ -91,7 +91,7 @@ fn value_to_json_at(value: &Value, path: &mut String) -> Result<Json, JsonError>
     })
 }
 
-fn display_path(path: &str) -> String {
+pub(crate) fn display_path(path: &str) -> String {
     if path.is_empty() {
         "/".to_owned()
     } else {
@@ -114,7 +114,7 @@ pub(crate) fn number(n: f64) -> Option<Number> {
 }
 
 /// Appends one RFC 6901 reference token (escaping `~` and `/`).
-fn push_pointer_token(path: &mut String, key: &str) {
+pub(crate) fn push_pointer_token(path: &mut String, key: &str) {
     path.push('/');
     for c in key.chars() {
         match c {

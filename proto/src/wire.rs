@@ -20,7 +20,7 @@ use std::io::Write as _;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
-use crate::json::{JsonError, number};
+use crate::json::{JsonError, display_path, number, push_pointer_token};
 
 /// `tributary.v1.Event` with its payload undecoded.
 #[derive(Clone, PartialEq, Default, Debug)]
@@ -395,7 +395,7 @@ fn write_struct(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<()
     out.push(b'{');
     let mut first = true;
     for (i, (key, value)) in entries.iter().enumerate() {
-        let at_key = |fail: Fail| fail.at(key_token(key));
+        let at_key = |fail: Fail| fail.at((*key).to_owned());
         if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
             if let Some(pieces) = value {
                 check_value(pieces, walk).map_err(at_key)?;
@@ -409,7 +409,7 @@ fn write_struct(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<()
             out.push(b',');
         }
         first = false;
-        write_str(key, out);
+        write_str(key, out)?;
         out.push(b':');
         match value {
             Some(pieces) => write_value(pieces, out, walk).map_err(at_key)?,
@@ -486,7 +486,7 @@ fn write_value(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(),
             if s.contains('\0') && !walk.check_only {
                 return Err(Fail::json(JsonKind::Nul));
             }
-            write_str(s, out);
+            write_str(s, out)?;
         }
         Kind::Struct(pieces) => write_struct(&pieces, out, walk)?,
         Kind::List(pieces) => write_list(&pieces, out, walk)?,
@@ -517,43 +517,9 @@ fn write_list(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(), 
     Ok(())
 }
 
-/// A JSON string as serde_json prints it: `"` and `\` escaped, control
-/// characters as `\n`-style or `\u00XX` escapes, everything else verbatim.
-fn write_str(s: &str, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => &[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ],
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
-/// An RFC 6901 reference token for a key (`~` and `/` escaped).
-fn key_token(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+/// A JSON string, escaped by serde_json itself.
+fn write_str(s: &str, out: &mut Vec<u8>) -> Result<(), Fail> {
+    serde_json::to_writer(&mut *out, s).map_err(|_| Fail::malformed("unwritable string"))
 }
 
 enum JsonKind {
@@ -562,7 +528,7 @@ enum JsonKind {
 }
 
 /// A refusal on its way out of the recursion, collecting the path (innermost
-/// token first) as it goes.
+/// key or list index first, unescaped) as it goes.
 struct Fail {
     kind: Result<JsonKind, String>,
     reversed_path: Vec<String>,
@@ -593,18 +559,12 @@ impl Fail {
     }
 
     fn into_error(self) -> JsonError {
-        let path = if self.reversed_path.is_empty() {
-            "/".to_owned()
-        } else {
-            self.reversed_path
-                .iter()
-                .rev()
-                .fold(String::new(), |mut path, token| {
-                    path.push('/');
-                    path.push_str(token);
-                    path
-                })
-        };
+        // The JSON Pointer, built as `struct_to_json` builds its own.
+        let mut pointer = String::new();
+        for token in self.reversed_path.iter().rev() {
+            push_pointer_token(&mut pointer, token);
+        }
+        let path = display_path(&pointer);
         match self.kind {
             Ok(JsonKind::NonFinite) => JsonError::NonFiniteNumber { path },
             Ok(JsonKind::Nul) => JsonError::NulCharacter { path },
