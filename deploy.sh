@@ -336,6 +336,11 @@ svc_start() {
     # sent every 500 ms so a test sees them promptly.
     export TRIBUTARY_OTLP_ENDPOINT="http://127.0.0.1:$TRACE_SINK_PORT"
     export OTEL_BSP_SCHEDULE_DELAY=500
+    # Outgoing webhooks (rules) may reach receivers on this machine.
+    export TRIBUTARY_WEBHOOK_ALLOW_CIDR="${TRIBUTARY_WEBHOOK_ALLOW_CIDR:-127.0.0.0/8,::1/128}"
+    # Plain mode: loopback only and no API keys (each service warns about
+    # it in its log and /ready); --secure turns auth and TLS on.
+    export TRIBUTARY_AUTH=off
     TRIBUTARY_KAFKA_BROKERS="$(kafka_brokers)"
     TRIBUTARY_DATABASE_URL="$(database_url)"
     case $name in

@@ -223,6 +223,34 @@ ensure_kubernetes_validate() {
   kubernetes_validate_ok || die "$TB_KUBERNETES_VALIDATE is not kubernetes-validate $TB_KUBERNETES_VALIDATE_VERSION"
 }
 
+# checkov (PyPI), the chart's policy check (tests/40-helm.sh, with the skips
+# of charts/tributary/checkov.yaml), in the tools venv beside
+# kubernetes-validate (pip resolves the two together without conflict).
+# About 40 s and 400 MB cold; nothing once present.
+TB_CHECKOV_VERSION=3.3.30
+TB_CHECKOV="$TB_GRPCURL_VENV/bin/checkov"
+
+# (The version from the package metadata: `checkov --version` takes 2 s.)
+checkov_ok() {
+  local v
+  [[ -x "$TB_CHECKOV" ]] &&
+    v=$("$TB_TOOLS_PYTHON" -c 'import importlib.metadata as m; print(m.version("checkov"))' 2>/dev/null) &&
+    [[ "$v" == "$TB_CHECKOV_VERSION" ]]
+}
+
+# ensure_checkov: checkov 3.3.30 in the tools venv.
+ensure_checkov() {
+  checkov_ok && return 0
+  if [[ ! -x "$TB_GRPCURL_VENV/bin/pip" ]]; then
+    log_info "creating the tools venv $TB_GRPCURL_VENV"
+    python3 -m venv "$TB_GRPCURL_VENV" >&2 || die "python3 -m venv failed (is python3-venv installed?)"
+  fi
+  log_info "installing checkov==$TB_CHECKOV_VERSION into $TB_GRPCURL_VENV"
+  "$TB_GRPCURL_VENV/bin/pip" install -q "checkov==$TB_CHECKOV_VERSION" >&2 ||
+    die "pip install checkov==$TB_CHECKOV_VERSION failed"
+  checkov_ok || die "$TB_CHECKOV is not checkov $TB_CHECKOV_VERSION"
+}
+
 # ---------------------------------------------------------------- pid files
 #
 # A pid file holds two lines: the PID and the program's path. A PID counts as

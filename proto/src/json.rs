@@ -158,6 +158,10 @@ pub fn pointer_tokens(path: &str) -> Result<Vec<String>, String> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err("must be a JSON Pointer starting with '/'".into());
     };
+    // PostgreSQL text (and so jsonb) cannot hold NUL: no payload key has one.
+    if path.contains('\0') {
+        return Err("must not contain a NUL character".into());
+    }
     rest.split('/')
         .map(|t| {
             if t.is_empty() {

@@ -105,9 +105,9 @@ schemas are cached, so a PostgreSQL blip does not stop ingest).
 
 {{/*
 TRIBUTARY_KAFKA_OPTIONS ("k=v,k=v"): kafka.options (sorted), then the
-security settings made from kafka.tls and kafka.sasl. The SASL password is
-$(KAFKA_SASL_PASSWORD), which Kubernetes expands from the variable of that
-name (a secretKeyRef) defined before it in the container's env.
+security settings made from kafka.tls and kafka.sasl. Nothing secret: the
+SASL password is a file (TRIBUTARY_KAFKA_SASL_PASSWORD_FILE, see
+tributary.secretFileEnv).
 */}}
 {{- define "tributary.kafkaOptions" -}}
 {{- $k := .Values.kafka }}
@@ -125,7 +125,6 @@ name (a secretKeyRef) defined before it in the container's env.
 {{- if $k.sasl.enabled }}
 {{- $opts = append $opts (printf "sasl.mechanism=%s" $k.sasl.mechanism) }}
 {{- $opts = append $opts (printf "sasl.username=%s" $k.sasl.username) }}
-{{- $opts = append $opts "sasl.password=$(KAFKA_SASL_PASSWORD)" }}
 {{- end }}
 {{- if and $k.tls.enabled $k.tls.caSecret.name }}
 {{- $opts = append $opts "ssl.ca.location=/etc/tributary/kafka-ca/ca.crt" }}
@@ -138,10 +137,15 @@ name (a secretKeyRef) defined before it in the container's env.
 {{- end }}
 
 {{/*
-Environment variables from Secrets, and the ones that must be expanded by
-Kubernetes (so they cannot live in the ConfigMap). Takes the component dict.
+Secrets reach the containers as files, never as environment variables
+(checkov CKV_K8S_35: a variable leaks into `kubectl describe`, crash dumps
+and child processes). One projected volume "secrets" (read-only, on
+/etc/tributary/secrets) holds the Secrets' keys that this component uses, and
+TRIBUTARY_<X>_FILE names each file (the services read TRIBUTARY_X from the
+file's content). Takes the component dict; prints "VARIABLE|secret|key|file"
+lines, from which the volume, its mount and the variables are all made.
 */}}
-{{- define "tributary.secretEnv" -}}
+{{- define "tributary.secretFiles" -}}
 {{- $root := .root }}
 {{- if include "tributary.usesDatabase" . }}
 {{- $secret := $root.Values.database.existingSecret }}
@@ -150,32 +154,104 @@ Kubernetes (so they cannot live in the ConfigMap). Takes the component dict.
 {{- $secret = $root.Values.migrate.database.existingSecret }}
 {{- $key = $root.Values.migrate.database.key | default $key }}
 {{- end }}
-- name: TRIBUTARY_DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: {{ $key }}
+{{ printf "TRIBUTARY_DATABASE_URL_FILE|%s|%s|database-url" $secret $key }}
 {{- end }}
-{{- if include "tributary.usesKafka" . }}
-{{- if $root.Values.kafka.sasl.enabled }}
-- name: KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $root.Values.kafka.sasl.passwordSecret.name }}
-      key: {{ $root.Values.kafka.sasl.passwordSecret.key }}
+{{- if and (include "tributary.usesKafka" .) $root.Values.kafka.sasl.enabled }}
+{{ printf "TRIBUTARY_KAFKA_SASL_PASSWORD_FILE|%s|%s|kafka-sasl-password" $root.Values.kafka.sasl.passwordSecret.name $root.Values.kafka.sasl.passwordSecret.key }}
 {{- end }}
-{{- with include "tributary.kafkaOptions" $root }}
-- name: TRIBUTARY_KAFKA_OPTIONS
-  value: {{ . | quote }}
+{{- if include "tributary.usesBootstrapKey" . }}
+{{ printf "TRIBUTARY_BOOTSTRAP_ADMIN_KEY_FILE|%s|%s|bootstrap-admin-key" $root.Values.auth.bootstrapKeySecret.name $root.Values.auth.bootstrapKeySecret.key }}
+{{- end }}
+{{- end }}
+
+{{/*
+The bootstrap admin API key goes to the admin service only (the service
+that manages API keys); no other pod holds it.
+*/}}
+{{- define "tributary.usesBootstrapKey" -}}
+{{- $a := .root.Values.auth }}
+{{- if and (eq .component "admin") $a.enabled $a.bootstrapKeySecret.name }}true{{ end }}
+{{- end }}
+
+{{/* TRIBUTARY_*_FILE variables for the secret files (see tributary.secretFiles). */}}
+{{- define "tributary.secretFileEnv" -}}
+{{- range $line := splitList "\n" (include "tributary.secretFiles" . | trim) }}
+{{- if $line }}
+{{- $f := splitList "|" $line }}
+- name: {{ index $f 0 }}
+  value: {{ printf "/etc/tributary/secrets/%s" (index $f 3) | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* Volumes for the Kafka TLS material, and /tmp (the root file system is read-only). */}}
+{{/*
+Where the TLS files are (the projected volume "tls" on /etc/tributary/tls):
+tls.crt and tls.key of tls.secretName (every service), client-ca.crt (mutual
+TLS) and, for the admin service, which calls the others' gRPC health,
+ca.crt: the CA that verifies their certificates.
+*/}}
+{{- define "tributary.tlsDir" -}}/etc/tributary/tls{{- end }}
+
+{{/* The Secret and key of the CA that verifies the services' certificates. */}}
+{{- define "tributary.tlsCaSecret" -}}
+{{- $t := .Values.tls }}
+{{- $t.caSecret.name | default $t.secretName }}|{{ $t.caSecret.key }}
+{{- end }}
+
+{{/*
+Volumes: /tmp (the root file system is read-only), the secret files, the
+service's TLS certificate, and the Kafka TLS material. Secrets are mounted
+as whole volumes, never with subPath: a subPath mount is never updated, and
+the services re-read the certificate when cert-manager renews it in place.
+*/}}
 {{- define "tributary.volumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- $files := include "tributary.secretFiles" . | trim }}
+{{- if $files }}
+- name: secrets
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range $line := splitList "\n" $files }}
+      {{- $f := splitList "|" $line }}
+      - secret:
+          name: {{ index $f 1 }}
+          items:
+            - key: {{ index $f 2 }}
+              path: {{ index $f 3 }}
+      {{- end }}
+{{- end }}
+{{- $t := .root.Values.tls }}
+{{- if and $t.enabled (ne .component "migrate") }}
+- name: tls
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ $t.secretName }}
+          items:
+            - key: tls.crt
+              path: tls.crt
+            - key: tls.key
+              path: tls.key
+      {{- if $t.clientCaSecret.name }}
+      - secret:
+          name: {{ $t.clientCaSecret.name }}
+          items:
+            - key: {{ $t.clientCaSecret.key }}
+              path: client-ca.crt
+      {{- end }}
+      {{- if eq .component "admin" }}
+      {{- $ca := splitList "|" (include "tributary.tlsCaSecret" .root) }}
+      - secret:
+          name: {{ index $ca 0 }}
+          items:
+            - key: {{ index $ca 1 }}
+              path: ca.crt
+      {{- end }}
+{{- end }}
 {{- if include "tributary.usesKafka" . }}
 {{- $tls := .root.Values.kafka.tls }}
 {{- if and $tls.enabled $tls.caSecret.name }}
@@ -204,6 +280,16 @@ Kubernetes (so they cannot live in the ConfigMap). Takes the component dict.
 {{- define "tributary.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if include "tributary.secretFiles" . | trim }}
+- name: secrets
+  mountPath: /etc/tributary/secrets
+  readOnly: true
+{{- end }}
+{{- if and .root.Values.tls.enabled (ne .component "migrate") }}
+- name: tls
+  mountPath: {{ include "tributary.tlsDir" . }}
+  readOnly: true
+{{- end }}
 {{- if include "tributary.usesKafka" . }}
 {{- $tls := .root.Values.kafka.tls }}
 {{- if and $tls.enabled $tls.caSecret.name }}
@@ -242,19 +328,29 @@ seccompProfile:
 {{- end }}
 
 {{/*
-A probe: kind grpc is the native gRPC probe on grpc.health.v1.Health (the
+A probe. kind grpc is the native gRPC probe on grpc.health.v1.Health (the
 overall status, service ""); kind http is GET /ready (readiness) or /live
-(liveness, startup) on the HTTP port. Takes (dict "probe" P "path" "/live"
-"ports" PORTS).
+(liveness, startup) on the HTTP port, over HTTPS when tls.http is on (the
+kubelet does not verify the certificate). kind auto is grpc while the gRPC
+port is plaintext and http once it serves TLS: the kubelet's gRPC probe
+speaks plaintext only and cannot present a client certificate, so the chart
+refuses kind grpc together with tls.enabled (tributary.validate). Takes
+(dict "probe" P "path" "/live" "ports" PORTS "root" $).
 */}}
 {{- define "tributary.probe" -}}
-{{- if eq .probe.kind "grpc" }}
+{{- $t := .root.Values.tls }}
+{{- $kind := .probe.kind }}
+{{- if eq $kind "auto" }}
+{{- $kind = ternary "http" "grpc" $t.enabled }}
+{{- end }}
+{{- if eq $kind "grpc" }}
 grpc:
   port: {{ .ports.grpc | int }}
 {{- else }}
 httpGet:
   path: {{ .path }}
   port: {{ .ports.http | int }}
+  scheme: {{ ternary "HTTPS" "HTTP" (and $t.enabled $t.http) }}
 {{- end }}
 initialDelaySeconds: {{ .probe.initialDelaySeconds | int }}
 periodSeconds: {{ .probe.periodSeconds | int }}
@@ -279,10 +375,52 @@ TRIBUTARY_SHUTDOWN_GRACE: {{ printf "%ds" (int $c.shutdownGraceSeconds) | quote 
 {{- with $root.Values.otlp.endpoint }}
 TRIBUTARY_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}
+{{- /* Trust: TLS file paths (the files are Secrets, mounted), auth, limits. */}}
+{{- $t := $root.Values.tls }}
+{{- if $t.enabled }}
+{{- $dir := include "tributary.tlsDir" . }}
+TRIBUTARY_TLS_CERT: {{ printf "%s/tls.crt" $dir | quote }}
+TRIBUTARY_TLS_KEY: {{ printf "%s/tls.key" $dir | quote }}
+{{- if $t.clientCaSecret.name }}
+TRIBUTARY_TLS_CLIENT_CA: {{ printf "%s/client-ca.crt" $dir | quote }}
+{{- end }}
+{{- if eq .component "admin" }}
+TRIBUTARY_TLS_CA: {{ printf "%s/ca.crt" $dir | quote }}
+{{- if $t.clientCaSecret.name }}
+TRIBUTARY_TLS_CLIENT_CERT: {{ printf "%s/tls.crt" $dir | quote }}
+TRIBUTARY_TLS_CLIENT_KEY: {{ printf "%s/tls.key" $dir | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* Only when on: the services take TRIBUTARY_HTTP_TLS as requiring a certificate. */}}
+{{- if and $t.enabled $t.http }}
+TRIBUTARY_HTTP_TLS: "true"
+{{- end }}
+TRIBUTARY_AUTH: {{ ternary "on" "off" $root.Values.auth.enabled | quote }}
+{{- with $root.Values.auth.openMethods }}
+TRIBUTARY_AUTH_OPEN_METHODS: {{ join "," . | quote }}
+{{- end }}
+{{- $rl := $root.Values.auth.rateLimits }}
+{{- if $rl }}
+{{- $limits := list }}
+{{- range $scope := keys $rl | sortAlpha }}
+{{- $limits = append $limits (printf "%s=%d/s" $scope (int (index $rl $scope))) }}
+{{- end }}
+TRIBUTARY_RATE_LIMITS: {{ join "," $limits | quote }}
+{{- end }}
 {{- if include "tributary.usesKafka" . }}
 TRIBUTARY_KAFKA_BROKERS: {{ $root.Values.kafka.brokers | quote }}
 TRIBUTARY_TOPIC: {{ $root.Values.kafka.topic | quote }}
 TRIBUTARY_DLQ_TOPIC: {{ $root.Values.kafka.dlqTopic | quote }}
+{{- with include "tributary.kafkaOptions" $root }}
+TRIBUTARY_KAFKA_OPTIONS: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if and (has .component (list "processor" "admin")) $root.Values.webhooks.allowCidrs }}
+TRIBUTARY_WEBHOOK_ALLOW_CIDR: {{ join "," $root.Values.webhooks.allowCidrs | quote }}
+{{- end }}
+{{- if and (has .component (list "query" "admin")) $c.maxCallDuration }}
+TRIBUTARY_MAX_CALL_DURATION: {{ $c.maxCallDuration | quote }}
 {{- end }}
 {{- if eq .component "ingest" }}
 TRIBUTARY_MAX_IN_FLIGHT_EVENTS: {{ $c.maxInFlightEvents | int | quote }}
@@ -349,6 +487,34 @@ them with these messages.
 {{- end }}
 {{- if and $v.kafka.tls.caSecret.name (not $v.kafka.tls.enabled) }}
 {{- fail "kafka.tls.caSecret is set but kafka.tls.enabled is false" }}
+{{- end }}
+{{- with $v.auth.openMethods }}
+{{- if not (has "grpc.health.v1.Health" .) }}
+{{- fail "auth.openMethods replaces the default open methods and must keep grpc.health.v1.Health (the kubelet's gRPC probes and the admin service's status call it without a key)" }}
+{{- end }}
+{{- end }}
+{{- $t := $v.tls }}
+{{- if and $t.enabled (not $t.secretName) }}
+{{- fail "tls.enabled needs tls.secretName (an existing kubernetes.io/tls Secret with tls.crt and tls.key)" }}
+{{- end }}
+{{- if not $t.enabled }}
+{{- if $t.http }}
+{{- fail "tls.http serves the gRPC port's certificate on the HTTP port: it needs tls.enabled" }}
+{{- end }}
+{{- if $t.clientCaSecret.name }}
+{{- fail "tls.clientCaSecret is set but tls.enabled is false" }}
+{{- end }}
+{{- if $t.caSecret.name }}
+{{- fail "tls.caSecret is set but tls.enabled is false" }}
+{{- end }}
+{{- else }}
+{{- range $svc := splitList " " (include "tributary.services" $) }}
+{{- range $probe := list "readiness" "liveness" "startup" }}
+{{- if eq (index (index $v $svc).probes $probe).kind "grpc" }}
+{{- fail (printf "%s.probes.%s.kind: grpc cannot be used with tls.enabled: the kubelet's gRPC probe speaks plaintext and cannot present a client certificate; use auto or http (GET /ready or /live on the HTTP port)" $svc $probe) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -20,7 +20,8 @@ pub struct Config {
         long,
         env = "TRIBUTARY_DATABASE_URL",
         default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Consumer groups whose lag is exported (comma-separated).
@@ -49,6 +50,17 @@ pub struct Config {
     /// gRPC address of query.
     #[arg(long, env = "TRIBUTARY_QUERY_ADDR", default_value = "127.0.0.1:50052")]
     pub query_addr: String,
+    /// The longest a call may run, whatever deadline its client set (the
+    /// client's shorter deadline always applies); its PostgreSQL statement is
+    /// cancelled when either passes or the client goes away.
+    #[arg(long, env = "TRIBUTARY_MAX_CALL_DURATION", value_parser = tributary_platform::config::parse_duration, default_value = "30s")]
+    pub max_call_duration: std::time::Duration,
+    #[command(flatten)]
+    pub webhooks: tributary_platform::egress::EgressArgs,
+    #[command(flatten)]
+    pub client_tls: tributary_platform::tls::ClientTlsArgs,
+    #[command(flatten)]
+    pub edge: tributary_platform::service::EdgeArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]

@@ -11,7 +11,7 @@ use tributary_proto::v1::{
 };
 use tributary_store::dead_letters::{self as store, DeadLetterRow, Selection};
 
-use crate::grpc::{AdminApi, db_status};
+use crate::context::{AdminContext, db_status};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
@@ -82,7 +82,7 @@ fn to_proto(d: DeadLetterRow) -> DeadLetter {
 }
 
 pub async fn list(
-    api: &AdminApi,
+    ctx: &AdminContext,
     request: ListDeadLettersRequest,
 ) -> Result<ListDeadLettersResponse, Status> {
     let page_size = match i64::from(request.page_size) {
@@ -97,12 +97,11 @@ pub async fn list(
         Some(parse_token(&request.page_token, &filter)?)
     };
     let sf = store_filter(&filter)?;
-    let mut rows = async {
-        let client = api.pool.get().await?;
-        store::list(&client, &sf, after, page_size + 1).await
-    }
-    .await
-    .map_err(|e| db_status("cannot list dead letters", &e))?;
+    let mut rows = ctx
+        .pool
+        .run(async |client| store::list(client, &sf, after, page_size + 1).await)
+        .await
+        .map_err(|e| db_status("cannot list dead letters", &e))?;
     let next_page_token = if rows.len() as i64 > page_size {
         rows.truncate(page_size as usize);
         rows.last()
@@ -121,7 +120,7 @@ pub async fn list(
 /// marked redriven only when the broker acknowledged it, and a dead letter
 /// already marked is never re-published.
 pub async fn redrive(
-    api: &AdminApi,
+    ctx: &AdminContext,
     request: RedriveDeadLettersRequest,
 ) -> Result<RedriveDeadLettersResponse, Status> {
     let ids: Vec<i64> = match request.selection {
@@ -132,12 +131,8 @@ pub async fn redrive(
         Some(redrive_dead_letters_request::Selection::Filter(f)) => {
             let mut sf = store_filter(&f)?;
             sf.include_redriven = false;
-            let client = api
-                .pool
-                .get()
-                .await
-                .map_err(|e| db_status("cannot select dead letters", &e.into()))?;
-            store::list(&client, &sf, None, MAX_REDRIVE)
+            ctx.pool
+                .run(async |client| store::list(client, &sf, None, MAX_REDRIVE).await)
                 .await
                 .map_err(|e| db_status("cannot select dead letters", &e))?
                 .into_iter()
@@ -150,7 +145,7 @@ pub async fn redrive(
     let mut redriven_ids = Vec::new();
     let mut already_redriven_ids = Vec::new();
     for id in ids {
-        let mut client = api
+        let mut client = ctx
             .pool
             .get()
             .await
@@ -178,9 +173,9 @@ pub async fn redrive(
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
         headers.push(("tributary.redriven_from", from.as_bytes()));
-        api.producer
+        ctx.producer
             .send(Record {
-                topic: &api.kafka.topic,
+                topic: &ctx.kafka.topic,
                 key: d.key.as_deref(),
                 value: d.value.as_deref().unwrap_or_default(),
                 headers: &headers,

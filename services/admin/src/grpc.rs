@@ -1,66 +1,24 @@
 //! `tributary.v1.AdminService`: topics, consumer groups and lag here; replay,
 //! dead letters, the registry, rules and pipeline status in their modules.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tonic::{Request, Response, Status};
-use tributary_kafka::{KafkaArgs, KafkaError};
+use tributary_kafka::KafkaError;
 use tributary_platform::status as pstatus;
 use tributary_proto::v1::admin_service_server::AdminService;
 use tributary_proto::v1::*;
 
-use crate::lag::LagMonitor;
+use crate::context::{AdminContext, blocking};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The gRPC face of the admin service: topics, groups and lag here, the
+/// rest handed to the handler modules, over the shared [`AdminContext`].
 #[derive(Clone)]
 pub struct AdminApi {
-    pub kafka: KafkaArgs,
-    pub metadata: Arc<BaseConsumer>,
-    pub lag: Arc<LagMonitor>,
-    pub pool: tributary_store::Pool,
-    /// Re-publishes redriven dead letters.
-    pub producer: tributary_kafka::producer::Producer,
-    pub addrs: ServiceAddrs,
-    pub lag_groups: Vec<String>,
-}
-
-/// Where GetPipelineStatus checks the other services' health.
-#[derive(Clone)]
-pub struct ServiceAddrs {
-    pub ingest: String,
-    pub processor: String,
-    pub query: String,
-}
-
-/// PostgreSQL failures: UNAVAILABLE when retrying may help, else INTERNAL.
-pub(crate) fn db_status(context: &str, e: &tributary_store::StoreError) -> Status {
-    if e.is_transient() {
-        pstatus::unavailable(context, e)
-    } else {
-        pstatus::internal(context, e)
-    }
-}
-
-pub(crate) fn kafka_status(context: &str, e: &KafkaError) -> Status {
-    match e {
-        KafkaError::MissingTopic { topic } => {
-            Status::not_found(format!("no topic named {topic:?}"))
-        }
-        _ => pstatus::unavailable(context, e),
-    }
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
-    context: &'static str,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| pstatus::internal(context, &e))?
-        .map_err(|e| kafka_status(context, &e))
+    pub ctx: AdminContext,
 }
 
 fn describe(consumer: &BaseConsumer, name: &str) -> Result<Topic, KafkaError> {
@@ -97,7 +55,7 @@ impl AdminService for AdminApi {
         request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let include_internal = request.into_inner().include_internal;
-        let consumer = self.metadata.clone();
+        let consumer = self.ctx.metadata.clone();
         let topics = blocking(
             move || {
                 let metadata = consumer.fetch_metadata(None, TIMEOUT)?;
@@ -124,7 +82,7 @@ impl AdminService for AdminApi {
         if name.is_empty() {
             return Err(pstatus::violation("name", "is required"));
         }
-        let consumer = self.metadata.clone();
+        let consumer = self.ctx.metadata.clone();
         let topic = blocking(
             move || describe(&consumer, &name),
             "cannot describe the topic",
@@ -137,7 +95,7 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<ListConsumerGroupsRequest>,
     ) -> Result<Response<ListConsumerGroupsResponse>, Status> {
-        let consumer = self.metadata.clone();
+        let consumer = self.ctx.metadata.clone();
         let groups = blocking(
             move || {
                 let list = consumer.fetch_group_list(None, TIMEOUT)?;
@@ -169,11 +127,11 @@ impl AdminService for AdminApi {
             return Err(pstatus::violation("group", "is required"));
         }
         let topic = if request.topic.is_empty() {
-            self.kafka.topic.clone()
+            self.ctx.kafka.topic.clone()
         } else {
             request.topic
         };
-        let lag = self.lag.clone();
+        let lag = self.ctx.lag.clone();
         let (group, t) = (request.group.clone(), topic.clone());
         let partitions = blocking(move || lag.measure(&group, &t), "cannot measure lag").await?;
         let total_lag = partitions.iter().map(|p| p.lag).sum();
@@ -206,7 +164,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
-        crate::replay::reset_offsets(self, request.into_inner())
+        crate::replay::reset_offsets(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -215,7 +173,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
-        crate::dead_letters::list(self, request.into_inner())
+        crate::dead_letters::list(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -224,7 +182,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RedriveDeadLettersRequest>,
     ) -> Result<Response<RedriveDeadLettersResponse>, Status> {
-        crate::dead_letters::redrive(self, request.into_inner())
+        crate::dead_letters::redrive(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -233,7 +191,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RegisterEventTypeRequest>,
     ) -> Result<Response<EventType>, Status> {
-        crate::registry::register(self, request.into_inner())
+        crate::registry::register(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -242,7 +200,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<GetEventTypeRequest>,
     ) -> Result<Response<EventType>, Status> {
-        crate::registry::get(self, request.into_inner())
+        crate::registry::get(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -251,7 +209,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ListEventTypesRequest>,
     ) -> Result<Response<ListEventTypesResponse>, Status> {
-        crate::registry::list(self, request.into_inner())
+        crate::registry::list(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -260,7 +218,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<CreateRuleRequest>,
     ) -> Result<Response<Rule>, Status> {
-        crate::rules::create(self, request.into_inner())
+        crate::rules::create(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -269,7 +227,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ListRulesRequest>,
     ) -> Result<Response<ListRulesResponse>, Status> {
-        crate::rules::list(self, request.into_inner())
+        crate::rules::list(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -278,7 +236,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<DeleteRuleRequest>,
     ) -> Result<Response<DeleteRuleResponse>, Status> {
-        crate::rules::delete(self, request.into_inner())
+        crate::rules::delete(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -287,7 +245,34 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsResponse>, Status> {
-        crate::rules::alerts(self, request.into_inner())
+        crate::rules::alerts(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        crate::api_keys::create(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        crate::api_keys::list(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<RevokeApiKeyRequest>,
+    ) -> Result<Response<ApiKey>, Status> {
+        crate::api_keys::revoke(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -296,7 +281,7 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<GetPipelineStatusRequest>,
     ) -> Result<Response<PipelineStatus>, Status> {
-        crate::status::pipeline_status(self)
+        crate::status::pipeline_status(&self.ctx)
             .await
             .map(Response::new)
     }

@@ -1,7 +1,9 @@
 //! The admin service: topics, consumer groups and lag over gRPC, and the lag
 //! exporter (`tributary_consumer_group_*` gauges the alert rules use).
 
+mod api_keys;
 mod config;
+mod context;
 mod dead_letters;
 mod grpc;
 pub mod lag;
@@ -49,19 +51,22 @@ impl Admin {
             &tributary_kafka::producer::ProducerSettings::default(),
             &registry,
         )?;
-        let api = grpc::AdminApi {
+        let ctx = context::AdminContext {
             kafka: config.kafka.clone(),
             metadata: Arc::new(metadata),
             lag: Arc::new(lag),
             pool,
             producer,
-            addrs: grpc::ServiceAddrs {
+            addrs: context::ServiceAddrs {
                 ingest: config.ingest_addr.clone(),
                 processor: config.processor_addr.clone(),
                 query: config.query_addr.clone(),
             },
+            client_tls: config.client_tls.clone(),
             lag_groups: config.lag_groups.clone(),
+            webhooks: tributary_platform::egress::EgressPolicy::new(&config.webhooks),
         };
+        let api = grpc::AdminApi { ctx };
         Ok(Self {
             config,
             grpc,
@@ -84,9 +89,9 @@ impl Admin {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let token = shutdown::token_from(shutdown);
-        let metadata = self.api.metadata.clone();
+        let metadata = self.api.ctx.metadata.clone();
         let topic = self.config.kafka.topic.clone();
-        let pool = self.api.pool.clone();
+        let pool = self.api.ctx.pool.clone();
         let readiness: http::ReadinessCheck = Arc::new(move || {
             let metadata = metadata.clone();
             let topic = topic.clone();
@@ -109,12 +114,19 @@ impl Admin {
             })
         });
         let exporter = tokio::spawn(export_lag(
-            self.api.lag.clone(),
+            self.api.ctx.lag.clone(),
             self.config.lag_groups.clone(),
             self.config.kafka.topic.clone(),
             self.config.lag_poll_interval,
             token.clone(),
         ));
+        let security = service::Security::build(
+            &self.config.edge,
+            self.api.ctx.pool.clone(),
+            &self.registry,
+            &[service_names::ADMIN],
+            Some(self.config.max_call_duration),
+        )?;
         let ports = service::Ports {
             name: "admin",
             grpc: self.grpc,
@@ -123,6 +135,7 @@ impl Admin {
             health_names: &[service_names::ADMIN],
             ready: readiness,
             grace: self.config.shutdown.shutdown_grace,
+            security,
         };
         let api = self.api;
         let served = service::run(ports, token, |routes| {

@@ -10,7 +10,7 @@ use tributary_proto::v1::{
 use tributary_proto::validate::is_event_type;
 use tributary_store::event_types::{self as store, EventTypeRow};
 
-use crate::grpc::{AdminApi, db_status};
+use crate::context::{AdminContext, db_status};
 
 fn to_proto(r: EventTypeRow) -> EventType {
     EventType {
@@ -36,7 +36,7 @@ fn check_name(name: &str) -> Result<(), Status> {
 }
 
 pub async fn register(
-    api: &AdminApi,
+    ctx: &AdminContext,
     request: RegisterEventTypeRequest,
 ) -> Result<EventType, Status> {
     check_name(&request.name)?;
@@ -47,29 +47,25 @@ pub async fn register(
         .map(serde_json::Value::Object)
         .map_err(|e| violation("schema", e.to_string()))?;
     store::compile(&schema).map_err(|why| violation("schema", why))?;
-    let mut client = api
+    let row = ctx
         .pool
-        .get()
-        .await
-        .map_err(|e| db_status("cannot register the event type", &e.into()))?;
-    let row = store::register(&mut client, &request.name, &schema, &request.description)
+        .run(async |client| {
+            store::register(client, &request.name, &schema, &request.description).await
+        })
         .await
         .map_err(|e| db_status("cannot register the event type", &e))?;
     tracing::info!(name = %row.name, version = row.version, "event type registered");
     Ok(to_proto(row))
 }
 
-pub async fn get(api: &AdminApi, request: GetEventTypeRequest) -> Result<EventType, Status> {
+pub async fn get(ctx: &AdminContext, request: GetEventTypeRequest) -> Result<EventType, Status> {
     check_name(&request.name)?;
     if request.version < 0 {
         return Err(violation("version", "must not be negative (0: the latest)"));
     }
-    let client = api
+    match ctx
         .pool
-        .get()
-        .await
-        .map_err(|e| db_status("cannot read the event type", &e.into()))?;
-    match store::get(&client, &request.name, request.version)
+        .run(async |client| store::get(client, &request.name, request.version).await)
         .await
         .map_err(|e| db_status("cannot read the event type", &e))?
     {
@@ -86,7 +82,7 @@ pub async fn get(api: &AdminApi, request: GetEventTypeRequest) -> Result<EventTy
 }
 
 pub async fn list(
-    api: &AdminApi,
+    ctx: &AdminContext,
     request: ListEventTypesRequest,
 ) -> Result<ListEventTypesResponse, Status> {
     let page_size = match i64::from(request.page_size) {
@@ -103,12 +99,9 @@ pub async fn list(
         }
         Some(name)
     };
-    let client = api
+    let mut rows = ctx
         .pool
-        .get()
-        .await
-        .map_err(|e| db_status("cannot list event types", &e.into()))?;
-    let mut rows = store::list_latest(&client, after.as_deref(), page_size + 1)
+        .run(async |client| store::list_latest(client, after.as_deref(), page_size + 1).await)
         .await
         .map_err(|e| db_status("cannot list event types", &e))?;
     let next_page_token = if rows.len() as i64 > page_size {

@@ -11,12 +11,12 @@ use tributary_proto::v1::{
     PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse, reset_offsets_request,
 };
 
-use crate::grpc::{AdminApi, blocking};
+use crate::context::{AdminContext, blocking};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn reset_offsets(
-    api: &AdminApi,
+    ctx: &AdminContext,
     request: ResetOffsetsRequest,
 ) -> Result<ResetOffsetsResponse, Status> {
     if request.group.is_empty() {
@@ -29,12 +29,12 @@ pub async fn reset_offsets(
         ));
     };
     let topic = if request.topic.is_empty() {
-        api.kafka.topic.clone()
+        ctx.kafka.topic.clone()
     } else {
         request.topic.clone()
     };
 
-    let consumer = api.metadata.clone();
+    let consumer = ctx.metadata.clone();
     let (group, t) = (request.group.clone(), topic.clone());
     let (members, watermarks) = blocking(
         move || {
@@ -80,12 +80,13 @@ pub async fn reset_offsets(
             let at = SystemTime::try_from(ts)
                 .map_err(|e| violation("timestamp", format!("is not a valid timestamp: {e}")))?;
             let partitions: Vec<i32> = watermarks.keys().copied().collect();
-            let stored = async {
-                let client = api.pool.get().await?;
-                tributary_store::events::offsets_received_since(&client, at, &partitions).await
-            }
-            .await
-            .map_err(|e| pstatus::unavailable("cannot read stored positions", &e))?;
+            let stored = ctx
+                .pool
+                .run(async |client| {
+                    tributary_store::events::offsets_received_since(client, at, &partitions).await
+                })
+                .await
+                .map_err(|e| pstatus::unavailable("cannot read stored positions", &e))?;
             let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
             // A partition with nothing stored replays from its start.
             watermarks
@@ -126,7 +127,7 @@ pub async fn reset_offsets(
             tpl.add_partition_offset(&topic, *p, Offset::Offset(*o))
                 .map_err(|e| pstatus::internal("cannot list the offsets", &e))?;
         }
-        let args = api.kafka.clone();
+        let args = ctx.kafka.clone();
         let group = request.group.clone();
         blocking(
             move || {

@@ -12,7 +12,7 @@ use tributary_proto::v1::{
 use tributary_proto::validate::{FieldViolation, is_event_type};
 use tributary_store::rules::{self as store, RuleRow};
 
-use crate::grpc::{AdminApi, db_status};
+use crate::context::{AdminContext, db_status};
 
 fn comparator_name(c: Comparator) -> Option<&'static str> {
     Some(match c {
@@ -52,7 +52,7 @@ fn to_proto(r: RuleRow) -> Rule {
     }
 }
 
-pub async fn create(api: &AdminApi, request: CreateRuleRequest) -> Result<Rule, Status> {
+pub async fn create(ctx: &AdminContext, request: CreateRuleRequest) -> Result<Rule, Status> {
     let mut v = Vec::new();
     let mut bad = |field: &str, why: String| {
         v.push(FieldViolation {
@@ -98,11 +98,10 @@ pub async fn create(api: &AdminApi, request: CreateRuleRequest) -> Result<Rule, 
             Some(t)
         }
     };
-    if !request.webhook_url.is_empty() && !request.webhook_url.starts_with("http://") {
-        bad(
-            "webhook_url",
-            "must be an http:// URL (the services are built without TLS)".into(),
-        );
+    if !request.webhook_url.is_empty()
+        && let Err(why) = ctx.webhooks.check_url(&request.webhook_url)
+    {
+        bad("webhook_url", why);
     }
     let (Some(path), Some(comparator), Some(threshold), true) =
         (path, comparator, threshold, v.is_empty())
@@ -121,19 +120,19 @@ pub async fn create(api: &AdminApi, request: CreateRuleRequest) -> Result<Rule, 
         description: request.description,
         created_at: SystemTime::now(),
     };
-    let client = api
+    let created = ctx
         .pool
-        .get()
-        .await
-        .map_err(|e| db_status("cannot create the rule", &e.into()))?;
-    let created = store::create(&client, &row)
+        .run(async |client| store::create(client, &row).await)
         .await
         .map_err(|e| db_status("cannot create the rule", &e))?;
     tracing::info!(rule_id = %created.rule_id, name = %created.name, "rule created");
     Ok(to_proto(created))
 }
 
-pub async fn list(api: &AdminApi, request: ListRulesRequest) -> Result<ListRulesResponse, Status> {
+pub async fn list(
+    ctx: &AdminContext,
+    request: ListRulesRequest,
+) -> Result<ListRulesResponse, Status> {
     let page_size = if request.page_size <= 0 {
         100
     } else {
@@ -145,12 +144,9 @@ pub async fn list(api: &AdminApi, request: ListRulesRequest) -> Result<ListRules
         Some(crate::paging::decode("r1", &request.page_token)?)
     };
     let event_type = Some(request.event_type.as_str()).filter(|s| !s.is_empty());
-    let client = api
+    let mut rows = ctx
         .pool
-        .get()
-        .await
-        .map_err(|e| db_status("cannot list rules", &e.into()))?;
-    let mut rows = store::list(&client, event_type, after.as_deref(), page_size + 1)
+        .run(async |client| store::list(client, event_type, after.as_deref(), page_size + 1).await)
         .await
         .map_err(|e| db_status("cannot list rules", &e))?;
     let next_page_token = if rows.len() as i64 > page_size {
@@ -168,15 +164,12 @@ pub async fn list(api: &AdminApi, request: ListRulesRequest) -> Result<ListRules
 }
 
 pub async fn delete(
-    api: &AdminApi,
+    ctx: &AdminContext,
     request: DeleteRuleRequest,
 ) -> Result<DeleteRuleResponse, Status> {
-    let client = api
+    if ctx
         .pool
-        .get()
-        .await
-        .map_err(|e| db_status("cannot delete the rule", &e.into()))?;
-    if store::delete(&client, &request.rule_id)
+        .run(async |client| store::delete(client, &request.rule_id).await)
         .await
         .map_err(|e| db_status("cannot delete the rule", &e))?
     {
@@ -190,7 +183,7 @@ pub async fn delete(
 }
 
 pub async fn alerts(
-    api: &AdminApi,
+    ctx: &AdminContext,
     request: ListAlertsRequest,
 ) -> Result<ListAlertsResponse, Status> {
     let page_size = if request.page_size <= 0 {
@@ -213,12 +206,9 @@ pub async fn alerts(
         .transpose()
         .map_err(|e| violation("triggered_after", format!("is not a valid timestamp: {e}")))?;
     let rule_id = Some(request.rule_id.as_str()).filter(|s| !s.is_empty());
-    let client = api
+    let mut rows = ctx
         .pool
-        .get()
-        .await
-        .map_err(|e| db_status("cannot list alerts", &e.into()))?;
-    let mut rows = store::list_alerts(&client, rule_id, since, after, page_size + 1)
+        .run(async |client| store::list_alerts(client, rule_id, since, after, page_size + 1).await)
         .await
         .map_err(|e| db_status("cannot list alerts", &e))?;
     let next_page_token = if rows.len() as i64 > page_size {

@@ -8,20 +8,24 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tributary_proto::v1::{ComponentHealth, ComponentStatus, ConsumerLag, PipelineStatus};
 
-use crate::grpc::AdminApi;
+use crate::context::AdminContext;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn grpc_health(name: &str, addr: &str) -> ComponentStatus {
+async fn grpc_health(
+    name: &str,
+    addr: &str,
+    tls: &tributary_platform::tls::ClientTlsArgs,
+) -> ComponentStatus {
     let status = |health: ComponentHealth, detail: String| ComponentStatus {
         name: name.to_owned(),
         address: addr.to_owned(),
         health: health as i32,
         detail,
     };
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+    let endpoint = match tls.endpoint(addr) {
         Ok(e) => e.connect_timeout(TIMEOUT).timeout(TIMEOUT),
-        Err(e) => return status(ComponentHealth::Unreachable, format!("bad address: {e}")),
+        Err(e) => return status(ComponentHealth::Unreachable, e.to_string()),
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
@@ -44,11 +48,11 @@ async fn grpc_health(name: &str, addr: &str) -> ComponentStatus {
     }
 }
 
-pub async fn pipeline_status(api: &AdminApi) -> Result<PipelineStatus, Status> {
+pub async fn pipeline_status(ctx: &AdminContext) -> Result<PipelineStatus, Status> {
     let (ingest, processor, query) = tokio::join!(
-        grpc_health("ingest", &api.addrs.ingest),
-        grpc_health("processor", &api.addrs.processor),
-        grpc_health("query", &api.addrs.query),
+        grpc_health("ingest", &ctx.addrs.ingest, &ctx.client_tls),
+        grpc_health("processor", &ctx.addrs.processor, &ctx.client_tls),
+        grpc_health("query", &ctx.addrs.query, &ctx.client_tls),
     );
     let admin = ComponentStatus {
         name: "admin".into(),
@@ -56,15 +60,15 @@ pub async fn pipeline_status(api: &AdminApi) -> Result<PipelineStatus, Status> {
         health: ComponentHealth::Serving as i32,
         detail: String::new(),
     };
-    let postgres = match tributary_store::pool::ping(&api.pool).await {
+    let postgres = match tributary_store::pool::ping(&ctx.pool).await {
         Ok(()) => (ComponentHealth::Serving, String::new()),
         Err(e) => (
             ComponentHealth::Unreachable,
             tributary_store::error_chain(&e),
         ),
     };
-    let consumer = api.metadata.clone();
-    let topic = api.kafka.topic.clone();
+    let consumer = ctx.metadata.clone();
+    let topic = ctx.kafka.topic.clone();
     let kafka = tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::Consumer as _;
         tributary_kafka::admin::partition_count(consumer.client(), &topic, TIMEOUT)
@@ -85,12 +89,12 @@ pub async fn pipeline_status(api: &AdminApi) -> Result<PipelineStatus, Status> {
         });
     }
     let mut lag = Vec::new();
-    for group in &api.lag_groups {
-        let (m, g, t) = (api.lag.clone(), group.clone(), api.kafka.topic.clone());
+    for group in &ctx.lag_groups {
+        let (m, g, t) = (ctx.lag.clone(), group.clone(), ctx.kafka.topic.clone());
         if let Ok(Ok(partitions)) = tokio::task::spawn_blocking(move || m.measure(&g, &t)).await {
             lag.push(ConsumerLag {
                 group: group.clone(),
-                topic: api.kafka.topic.clone(),
+                topic: ctx.kafka.topic.clone(),
                 total_lag: partitions.iter().map(|p| p.lag).sum(),
                 max_time_lag: partitions
                     .iter()

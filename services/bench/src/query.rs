@@ -44,6 +44,9 @@ impl QueryProcess {
             .env("TRIBUTARY_HTTP_ADDR", format!("127.0.0.1:{http}"))
             .env("TRIBUTARY_DATABASE_URL", database_url)
             .env("TRIBUTARY_LOG", "warn")
+            // A private instance on loopback: keys would only add noise here
+            // (the auth scenario measures them).
+            .env("TRIBUTARY_AUTH", "off")
             .env_remove("TRIBUTARY_OTLP_ENDPOINT")
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)

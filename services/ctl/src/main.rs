@@ -5,6 +5,7 @@
 //!   deploy.sh before starting the services).
 //! - `produce-raw`: produces arbitrary bytes to a topic, so tests can plant
 //!   poison records (Debian's kcat is too old for the broker).
+//! - `generate-key`: prints a new API key, e.g. for the bootstrap admin key.
 
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ enum Command {
     Migrate(MigrateArgs),
     /// Produce one record of raw bytes to a topic.
     ProduceRaw(ProduceRawArgs),
+    /// Print a new API key (trb_<key_id>_<secret>) for
+    /// TRIBUTARY_BOOTSTRAP_ADMIN_KEY. It is not stored anywhere: keep it
+    /// secret. Keys for clients come from AdminService.CreateApiKey.
+    GenerateKey,
 }
 
 #[derive(Debug, clap::Args)]
@@ -38,7 +43,8 @@ struct MigrateArgs {
         long,
         env = "TRIBUTARY_DATABASE_URL",
         default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     database_url: String,
     #[command(flatten)]
@@ -63,15 +69,10 @@ struct MigrateArgs {
 
 #[derive(Debug, clap::Args)]
 struct ProduceRawArgs {
-    #[arg(
-        long,
-        env = "TRIBUTARY_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    kafka_brokers: String,
-    /// Target topic (it must exist).
-    #[arg(long)]
-    topic: String,
+    /// The broker and its TLS/SASL settings; --topic is the target (it must
+    /// exist).
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Record key (UTF-8).
     #[arg(long)]
     key: Option<String>,
@@ -100,6 +101,11 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Migrate(args) => migrate(args).await,
             Command::ProduceRaw(args) => produce_raw(args).await,
+            Command::GenerateKey => {
+                let key = tributary_platform::auth::key::generate(false)?;
+                println!("{}", key.key);
+                Ok(())
+            }
         }
     })
 }
@@ -175,13 +181,13 @@ async fn produce_raw(args: ProduceRawArgs) -> anyhow::Result<()> {
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
     let producer = Producer::new(
-        &KafkaArgs::for_brokers(&args.kafka_brokers),
+        &args.kafka,
         &ProducerSettings::default(),
         &prometheus::Registry::new(),
     )?;
     let delivered = producer
         .send(Record {
-            topic: &args.topic,
+            topic: &args.kafka.topic,
             key: args.key.as_deref().map(str::as_bytes),
             value: &value,
             headers: &header_refs,
@@ -189,7 +195,7 @@ async fn produce_raw(args: ProduceRawArgs) -> anyhow::Result<()> {
         .await?;
     println!(
         "produced to {} partition {} offset {}",
-        args.topic, delivered.partition, delivered.offset
+        args.kafka.topic, delivered.partition, delivered.offset
     );
     Ok(())
 }

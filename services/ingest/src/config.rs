@@ -21,7 +21,8 @@ pub struct Config {
         long,
         env = "TRIBUTARY_DATABASE_URL",
         default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Refuse events whose type is not registered (default: accept them
@@ -45,6 +46,8 @@ pub struct Config {
     /// How long the producer waits to fill a batch.
     #[arg(long, env = "TRIBUTARY_PRODUCE_LINGER", value_parser = parse_duration, default_value = "2ms")]
     pub linger: Duration,
+    #[command(flatten)]
+    pub edge: tributary_platform::service::EdgeArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]

@@ -92,7 +92,6 @@ impl Ingest {
         let token = shutdown::token_from(shutdown);
         let refresher = tokio::spawn(tributary_store::schema_cache::refresh(
             self.schemas.clone(),
-            self.config.database_url.clone(),
             self.pool.clone(),
             self.config.schema_refresh,
             token.clone().cancelled_owned(),
@@ -120,6 +119,13 @@ impl Ingest {
             })
         });
         let grace = self.config.shutdown.shutdown_grace;
+        let security = service::Security::build(
+            &self.config.edge,
+            self.pool.clone(),
+            &self.registry,
+            &[service_names::INGEST],
+            None,
+        )?;
         let ports = service::Ports {
             name: "ingest",
             grpc: self.grpc,
@@ -128,6 +134,7 @@ impl Ingest {
             health_names: &[service_names::INGEST],
             ready: readiness,
             grace,
+            security,
         };
         let api = self.api;
         let served = service::run(ports, token, |routes| {

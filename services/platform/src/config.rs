@@ -9,8 +9,18 @@ pub const EXIT_CONFIG: i32 = 64;
 
 /// Parses flags and `TRIBUTARY_*` variables. Help and version exit 0; invalid
 /// configuration prints which setting is wrong and why, and exits 64.
+///
+/// Any setting read from a variable `TRIBUTARY_X` may instead come from a
+/// file named by `TRIBUTARY_X_FILE` (its content, without the trailing line
+/// break): Kubernetes mounts Secrets as files, which unlike variables no
+/// process listing or crash dump shows.
 pub fn parse<T: Parser>() -> T {
-    match T::try_parse() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match file_settings(&T::command(), &args, |name| std::env::var_os(name)) {
+        Ok(extra) => args.extend(extra),
+        Err((setting, why)) => invalid(&setting, why),
+    }
+    match T::try_parse_from(args) {
         Ok(config) => config,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -23,6 +33,51 @@ pub fn parse<T: Parser>() -> T {
             std::process::exit(code);
         }
     }
+}
+
+/// `--flag=VALUE` for each `TRIBUTARY_X_FILE` set whose flag takes a value,
+/// read from the file. The command's or the chosen subcommand's flags.
+fn file_settings(
+    command: &clap::Command,
+    argv: &[std::ffi::OsString],
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, (String, String)> {
+    // The subcommand named on the command line, if any: its flags go last.
+    let chosen = argv
+        .iter()
+        .skip(1)
+        .find(|a| !a.to_string_lossy().starts_with('-'))
+        .and_then(|name| command.find_subcommand(name));
+    let command = chosen.unwrap_or(command);
+    let mut out = Vec::new();
+    for arg in command.get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let var = var.to_string_lossy();
+        let file_var = format!("{var}_FILE");
+        let Some(path) = env(&file_var) else {
+            continue;
+        };
+        if !arg.get_action().takes_values() {
+            return Err((file_var, "this setting cannot be read from a file".into()));
+        }
+        if env(&var).is_some() {
+            return Err((file_var, format!("{var} is set too: set only one of them")));
+        }
+        let content = std::fs::read_to_string(&path).map_err(|e| {
+            (
+                file_var.clone(),
+                format!("{}: {e}", std::path::Path::new(&path).display()),
+            )
+        })?;
+        let value = content
+            .strip_suffix("\r\n")
+            .or_else(|| content.strip_suffix('\n'))
+            .unwrap_or(&content);
+        out.push(format!("--{long}={value}").into());
+    }
+    Ok(out)
 }
 
 /// Reports a setting that parsed but makes no sense, and exits 64.
@@ -82,6 +137,48 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Demo {
+        #[arg(long, env = "DEMO_URL")]
+        url: Option<String>,
+        #[arg(long, env = "DEMO_FLAG")]
+        flag: bool,
+    }
+
+    #[test]
+    fn settings_from_files() {
+        use clap::CommandFactory as _;
+        let dir = std::env::temp_dir().join(format!("tributary-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("url");
+        std::fs::write(&file, "postgres://u:secret@h/db\n").unwrap();
+        let argv: Vec<std::ffi::OsString> = vec!["demo".into()];
+        let path = file.clone();
+        let extra = file_settings(&Demo::command(), &argv, |v| {
+            (v == "DEMO_URL_FILE").then(|| path.clone().into_os_string())
+        })
+        .unwrap();
+        assert_eq!(
+            extra,
+            vec![std::ffi::OsString::from("--url=postgres://u:secret@h/db")]
+        );
+        let both = file_settings(&Demo::command(), &argv, |v| {
+            matches!(v, "DEMO_URL_FILE" | "DEMO_URL").then(|| path.clone().into_os_string())
+        });
+        assert!(
+            both.is_err_and(|(s, why)| s == "DEMO_URL_FILE" && why.contains("DEMO_URL is set too"))
+        );
+        let missing = file_settings(&Demo::command(), &argv, |v| {
+            (v == "DEMO_URL_FILE").then(|| "/nonexistent/x".into())
+        });
+        assert!(missing.is_err());
+        let flag = file_settings(&Demo::command(), &argv, |v| {
+            (v == "DEMO_FLAG_FILE").then(|| path.clone().into_os_string())
+        });
+        assert!(flag.is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn durations() {

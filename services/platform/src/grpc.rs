@@ -86,26 +86,55 @@ fn nodelay(
     })
 }
 
+/// What stands between the network and a service's handlers, outermost
+/// first: RED metrics and the server span, gRPC-Web, the API key check, the
+/// call's deadline.
+pub struct Edge {
+    pub metrics: GrpcServerMetrics,
+    pub auth: crate::auth::Auth,
+    /// The server's cap on a call's deadline (`None`: the client's only).
+    pub max_call_duration: Option<std::time::Duration>,
+    /// TLS on the port (`None`: plaintext).
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// `(service, method)` pairs that get labels of their own.
+    pub known_methods: Vec<(String, String)>,
+}
+
 /// Serves `routes` (with gRPC-Web, so a browser can call too) behind the
-/// telemetry layer until `token` is cancelled, then lets in-flight calls
+/// [`Edge`] layers until `token` is cancelled, then lets in-flight calls
 /// finish for up to `grace`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
-    metrics: GrpcServerMetrics,
+    edge: Edge,
     token: tokio_util::sync::CancellationToken,
     grace: std::time::Duration,
 ) -> Result<(), tonic::transport::Error> {
     let drain = token.clone();
-    let serve = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .accept_http1(true)
-        .layer(TelemetryLayer::new(metrics))
+        .layer(TelemetryLayer::new(edge.metrics, edge.known_methods))
         .layer(tonic_web::GrpcWebLayer::new())
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
+        .layer(edge.auth.layer())
+        .layer(crate::deadline::DeadlineLayer::new(edge.max_call_duration))
+        .add_routes(routes);
+    let signal = async move { drain.cancelled().await };
+    let serve: Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match edge.tls {
+        None => Box::pin(server.serve_with_incoming_shutdown(
             nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-            async move { drain.cancelled().await },
-        );
+            signal,
+        )),
+        Some(tls) => {
+            use tokio_stream::StreamExt as _;
+            let accepted = crate::tls::incoming(listener, move || tls.grpc_config());
+            Box::pin(server.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>),
+                signal,
+            ))
+        }
+    };
     tokio::pin!(serve);
     tokio::select! {
         result = &mut serve => result,
@@ -127,6 +156,25 @@ pub async fn set_health(health: &HealthReporter, services: &[&str], serving: boo
     for name in services {
         health.set_service_status(name, status).await;
     }
+}
+
+/// Health's and reflection's methods: open, and labelled as themselves.
+pub fn standard_methods() -> Vec<(String, String)> {
+    [
+        ("grpc.health.v1.Health", "Check"),
+        ("grpc.health.v1.Health", "Watch"),
+        (
+            "grpc.reflection.v1.ServerReflection",
+            "ServerReflectionInfo",
+        ),
+        (
+            "grpc.reflection.v1alpha.ServerReflection",
+            "ServerReflectionInfo",
+        ),
+    ]
+    .into_iter()
+    .map(|(s, m)| (s.to_owned(), m.to_owned()))
+    .collect()
 }
 
 /// Lists `(service, method)` pairs of a service from the descriptor set, so
@@ -157,12 +205,16 @@ pub fn methods_of(service: &str) -> Vec<(String, String)> {
 #[derive(Clone)]
 pub struct TelemetryLayer {
     metrics: Arc<GrpcServerMetrics>,
+    known: Arc<std::collections::HashSet<(String, String)>>,
 }
 
 impl TelemetryLayer {
-    pub fn new(metrics: GrpcServerMetrics) -> Self {
+    /// Calls of a `(service, method)` outside `known` are labelled
+    /// `unknown`: the path is the caller's to choose, the labels are not.
+    pub fn new(metrics: GrpcServerMetrics, known: Vec<(String, String)>) -> Self {
         Self {
             metrics: Arc::new(metrics),
+            known: Arc::new(known.into_iter().collect()),
         }
     }
 }
@@ -174,6 +226,7 @@ impl<S> Layer<S> for TelemetryLayer {
         TelemetryService {
             inner,
             metrics: self.metrics.clone(),
+            known: self.known.clone(),
         }
     }
 }
@@ -182,6 +235,7 @@ impl<S> Layer<S> for TelemetryLayer {
 pub struct TelemetryService<S> {
     inner: S,
     metrics: Arc<GrpcServerMetrics>,
+    known: Arc<std::collections::HashSet<(String, String)>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -206,6 +260,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (service, method) = split_path(req.uri().path());
+        let (service, method) = if self
+            .known
+            .contains(&(service.to_owned(), method.to_owned()))
+        {
+            (service.to_owned(), method.to_owned())
+        } else {
+            ("unknown".to_owned(), "unknown".to_owned())
+        };
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %format!("{service}/{method}"),
@@ -214,6 +276,7 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
+            tributary.api_key_id = tracing::field::Empty,
         );
         let _ = span.set_parent(crate::trace_context::extract_from_headers(req.headers()));
         let recorder = Recorder {
@@ -247,10 +310,11 @@ where
     }
 }
 
-fn split_path(path: &str) -> (String, String) {
+/// `/package.Service/Method` → (`package.Service`, `Method`).
+pub fn split_path(path: &str) -> (&str, &str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default().to_owned();
-    let method = parts.next().unwrap_or_default().to_owned();
+    let service = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
     (service, method)
 }
 
@@ -403,7 +467,7 @@ mod tests {
     fn splits_grpc_paths() {
         assert_eq!(
             split_path("/tributary.v1.IngestService/Publish"),
-            ("tributary.v1.IngestService".into(), "Publish".into())
+            ("tributary.v1.IngestService", "Publish")
         );
     }
 

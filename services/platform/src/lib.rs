@@ -3,7 +3,10 @@
 //! server with its health, reflection and RED/tracing layer, and the one
 //! mapping from errors to `tonic::Status`.
 
+pub mod auth;
 pub mod config;
+pub mod deadline;
+pub mod egress;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
@@ -11,6 +14,7 @@ pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_context;
 
 /// The version every binary reports (`tributary_build_info`, `--version`).

@@ -3,6 +3,7 @@
 //! every method, the gRPC server with health and reflection, and the drain on
 //! shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,6 +29,43 @@ pub async fn bind(
     Ok((grpc_listener, http_listener))
 }
 
+/// TLS, auth and deadlines: how a service's edge is guarded.
+pub struct Security {
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    pub auth: crate::auth::Auth,
+    /// The cap on a call's deadline (`None`: only the client's).
+    pub max_call_duration: Option<Duration>,
+}
+
+/// The edge settings every service takes (flattened into its config).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeArgs {
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+}
+
+impl Security {
+    /// Loads the certificates and sets up the key checks. `services`: the
+    /// gRPC services of this server; `pool`: the key store.
+    pub fn build(
+        args: &EdgeArgs,
+        pool: tributary_store::Pool,
+        registry: &Registry,
+        services: &[&str],
+        max_call_duration: Option<Duration>,
+    ) -> anyhow::Result<Self> {
+        let tls = crate::tls::ServerTls::load(&args.tls).context("invalid TLS settings")?;
+        let auth = crate::auth::Auth::new(&args.auth, pool, registry, services)?;
+        Ok(Self {
+            tls,
+            auth,
+            max_call_duration,
+        })
+    }
+}
+
 pub struct Ports {
     /// For the log line.
     pub name: &'static str,
@@ -40,6 +78,7 @@ pub struct Ports {
     pub ready: ReadinessCheck,
     /// How long in-flight calls may run after shutdown starts.
     pub grace: Duration,
+    pub security: Security,
 }
 
 /// Serves until `token` is cancelled, then drains (up to `grace`) and marks
@@ -53,17 +92,28 @@ pub async fn run(
     let http_addr = ports.http.local_addr()?;
     let standard = crate::grpc::standard(ports.health_names).await?;
     let metrics = GrpcServerMetrics::register(&ports.registry)?;
+    let mut known_methods = crate::grpc::standard_methods();
     for name in ports.health_names {
         for (service, method) in crate::grpc::methods_of(name) {
             metrics.init_method(&service, &method);
+            known_methods.push((service, method));
         }
     }
+    let security = ports.security;
     let http_task = tokio::spawn(crate::http::serve(
-        ports.http,
-        ports.registry.clone(),
-        ports.ready.clone(),
+        crate::http::HttpPort {
+            listener: ports.http,
+            tls: security.tls.clone().filter(|t| t.http),
+            registry: ports.registry.clone(),
+            ready: ports.ready.clone(),
+            warning: security.auth.warning(),
+        },
         token.clone(),
     ));
+    if let Some(tls) = &security.tls {
+        tokio::spawn(tls.clone().watch(token.clone()));
+    }
+    let auth_task = tokio::spawn(security.auth.clone().follow(token.clone()));
     let health_task = tokio::spawn(crate::grpc::watch_health(
         standard.health.clone(),
         ports.health_names,
@@ -72,17 +122,33 @@ pub async fn run(
     ));
     let mut routes = standard.routes;
     add(&mut routes);
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "{} serving", ports.name);
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        tls = security.tls.is_some(),
+        mutual_tls = security.tls.as_ref().is_some_and(|t| t.mutual()),
+        auth = security.auth.enabled(),
+        "{} serving",
+        ports.name
+    );
     let served = crate::grpc::serve(
         ports.grpc,
         routes.routes(),
-        metrics,
+        crate::grpc::Edge {
+            metrics,
+            auth: security.auth,
+            max_call_duration: security.max_call_duration,
+            tls: security.tls,
+            known_methods,
+        },
         token.clone(),
         ports.grace,
     )
     .await
     .context("gRPC server failed");
     token.cancel();
+    // It writes the keys' last-used times once more on its way out.
+    let _ = tokio::time::timeout(Duration::from_secs(2), auth_task).await;
     crate::grpc::set_health(&standard.health, ports.health_names, false).await;
     health_task.abort();
     if let Ok(Err(e)) = http_task.await {

@@ -20,7 +20,8 @@ pub struct Config {
         long,
         env = "TRIBUTARY_DATABASE_URL",
         default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Consumer group id.
@@ -45,6 +46,10 @@ pub struct Config {
     /// Longest pause between retries while PostgreSQL (or the DLQ) is down.
     #[arg(long, env = "TRIBUTARY_MAX_BACKOFF", value_parser = parse_duration, default_value = "5s")]
     pub max_backoff: Duration,
+    #[command(flatten)]
+    pub webhooks: tributary_platform::egress::EgressArgs,
+    #[command(flatten)]
+    pub edge: tributary_platform::service::EdgeArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]

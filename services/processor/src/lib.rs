@@ -89,6 +89,13 @@ impl Processor {
                 self.config.kafka.dlq_topic.clone(),
             ],
         );
+        let security = service::Security::build(
+            &self.config.edge,
+            self.pool.clone(),
+            &self.registry,
+            &[HEALTH_NAME],
+            None,
+        )?;
         let ports = service::Ports {
             name: "processor",
             grpc: self.grpc,
@@ -97,6 +104,7 @@ impl Processor {
             health_names: &[HEALTH_NAME],
             ready: readiness,
             grace: self.config.shutdown.shutdown_grace,
+            security,
         };
         // The processor's gRPC port serves only health and reflection.
         let server = tokio::spawn(service::run(ports, token.clone(), |_| {}));
@@ -108,7 +116,6 @@ impl Processor {
         let schemas = tributary_store::schema_cache::SchemaCache::default();
         let refresher = tokio::spawn(tributary_store::schema_cache::refresh(
             schemas.clone(),
-            self.config.database_url.clone(),
             self.pool.clone(),
             std::time::Duration::from_secs(30),
             token.clone().cancelled_owned(),
@@ -133,6 +140,7 @@ impl Processor {
             store_concurrency: self.config.store_concurrency as usize,
             max_backoff: self.config.max_backoff,
             metrics: self.metrics.clone(),
+            webhooks: tributary_platform::egress::EgressPolicy::new(&self.config.webhooks),
         };
         pipeline.run(token.clone()).await;
         refresher.abort();

@@ -37,6 +37,8 @@ pub struct Pipeline {
     pub metrics: ProcessorMetrics,
     pub schemas: tributary_store::schema_cache::SchemaCache,
     pub rules: crate::rules::RuleCache,
+    /// Where rule webhooks may connect.
+    pub webhooks: tributary_platform::egress::EgressPolicy,
 }
 
 /// Why storing a batch stopped short.
@@ -251,6 +253,7 @@ impl Pipeline {
             if let Some(rule) = self.rules.webhook_of(&rule_id) {
                 tokio::spawn(crate::rules::deliver(
                     self.pool.clone(),
+                    self.webhooks.clone(),
                     alert_id,
                     rule,
                     body,

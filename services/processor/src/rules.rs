@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use serde_json::Value;
+use tributary_platform::egress::EgressPolicy;
 use tributary_store::Pool;
 use tributary_store::events::NewEvent;
 use tributary_store::rules::{self, NewAlert, RuleRow};
@@ -158,19 +159,35 @@ pub async fn refresh(
 }
 
 /// POSTs the alert as JSON to an `http://` webhook, three tries with backoff,
-/// and records whether it was delivered.
-pub async fn deliver(pool: Pool, alert_id: i64, rule: Arc<RuleRow>, body: String) {
+/// and records whether it was delivered. An address `webhooks` refuses is
+/// not retried (see `tributary_platform::egress`); redirects are not followed.
+pub async fn deliver(
+    pool: Pool,
+    webhooks: EgressPolicy,
+    alert_id: i64,
+    rule: Arc<RuleRow>,
+    body: String,
+) {
     let mut status = "failed";
     for attempt in 0..3u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
         }
-        match tokio::time::timeout(Duration::from_secs(5), post(&rule.webhook_url, &body)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            post(&webhooks, &rule.webhook_url, &body),
+        )
+        .await
+        {
             Ok(Ok(code)) if (200..300).contains(&code) => {
                 status = "delivered";
                 break;
             }
             Ok(Ok(code)) => tracing::warn!(alert_id, code, attempt, "webhook refused the alert"),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(alert_id, error = %e, "webhook address refused; not retried");
+                break;
+            }
             Ok(Err(e)) => tracing::warn!(alert_id, error = %e, attempt, "webhook unreachable"),
             Err(_) => tracing::warn!(alert_id, attempt, "webhook timed out"),
         }
@@ -182,39 +199,27 @@ pub async fn deliver(pool: Pool, alert_id: i64, rule: Arc<RuleRow>, body: String
     }
 }
 
-/// A minimal HTTP/1.1 POST (plain http only: the services are built without TLS).
-async fn post(url: &str, body: &str) -> Result<u16, String> {
+/// A minimal HTTP/1.1 POST (plain http only), connected through the egress
+/// policy; the status code of the answer (a 3xx is just not a 2xx).
+async fn post(webhooks: &EgressPolicy, url: &str, body: &str) -> std::io::Result<u16> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// webhooks are supported")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let url = tributary_platform::egress::parse_http_url(url)
+        .map_err(|why| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))?;
+    let mut stream = webhooks.connect(&url).await?;
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: tributary-processor\r\n\r\n{body}",
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: tributary-processor\r\n\r\n{body}",
+        url.path,
+        url.authority(),
         body.len()
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await?;
     let mut head = vec![0u8; 64];
-    let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+    let n = stream.read(&mut head).await?;
     let line = String::from_utf8_lossy(&head[..n]);
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {line:?}"))
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {line:?}")))
 }
 
 #[cfg(test)]

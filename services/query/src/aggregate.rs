@@ -11,12 +11,44 @@ use tributary_proto::v1::{
 use tributary_proto::validate::FieldViolation;
 use tributary_store::aggregate::{self as store, Column, Group, Key, Width};
 
-use crate::grpc::pointer_tokens;
+use tonic::Status;
+use tributary_platform::status::violation;
+use tributary_proto::json::pointer_tokens;
+
+use crate::context::{QueryContext, store_status};
 
 pub const DEFAULT_LIMIT: i64 = 1000;
 pub const MAX_LIMIT: i64 = 10_000;
 pub const MAX_GROUPS: usize = 5;
 pub const MAX_MEASURES: usize = 10;
+
+/// Refuses a time bucket in a zone PostgreSQL does not know (each zone is
+/// asked once per process).
+pub async fn check_time_zones(ctx: &QueryContext, groups: &[Group]) -> Result<(), Status> {
+    for (i, group) in groups.iter().enumerate() {
+        let Group::TimeBucket { time_zone, .. } = group else {
+            continue;
+        };
+        if ctx.known_zones.lock().is_ok_and(|z| z.contains(time_zone)) {
+            continue;
+        }
+        let exists = ctx
+            .pool
+            .run(async |client| store::time_zone_exists(client, time_zone).await)
+            .await
+            .map_err(|e| store_status("cannot check the time zone", &e))?;
+        if !exists {
+            return Err(violation(
+                &format!("group_by[{i}].time_bucket.time_zone"),
+                format!("{time_zone:?} is not an IANA time zone PostgreSQL knows"),
+            ));
+        }
+        if let Ok(mut z) = ctx.known_zones.lock() {
+            z.insert(time_zone.clone());
+        }
+    }
+    Ok(())
+}
 
 pub struct Plan {
     pub groups: Vec<Group>,

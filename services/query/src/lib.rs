@@ -2,6 +2,8 @@
 
 mod aggregate;
 mod config;
+mod context;
+mod convert;
 mod grpc;
 mod page_token;
 mod tail;
@@ -16,7 +18,8 @@ use tributary_proto::v1::query_service_server::QueryServiceServer;
 use tributary_store::{Pool, PoolConfig};
 
 pub use config::Config;
-pub use grpc::{pointer_tokens, store_filter};
+pub use convert::store_filter;
+pub use tributary_proto::json::pointer_tokens;
 
 pub struct Query {
     config: Config,
@@ -66,12 +69,14 @@ impl Query {
             })
         });
         let hub = tail::TailHub::new(token.clone());
-        let listener = tokio::spawn(tail::listen(
-            self.config.database_url.clone(),
+        let listener = tokio::spawn(tail::listen(self.pool.clone(), hub.clone(), token.clone()));
+        let security = service::Security::build(
+            &self.config.edge,
             self.pool.clone(),
-            hub.clone(),
-            token.clone(),
-        ));
+            &self.registry,
+            &[service_names::QUERY],
+            Some(self.config.max_call_duration),
+        )?;
         let ports = service::Ports {
             name: "query",
             grpc: self.grpc,
@@ -80,11 +85,14 @@ impl Query {
             health_names: &[service_names::QUERY],
             ready: readiness,
             grace: self.config.shutdown.shutdown_grace,
+            security,
         };
         let api = grpc::QueryApi {
-            pool: self.pool.clone(),
-            tail: hub,
-            known_zones: Default::default(),
+            ctx: context::QueryContext {
+                pool: self.pool.clone(),
+                tail: hub,
+                known_zones: Default::default(),
+            },
         };
         let served = service::run(ports, token, |routes| {
             routes.add_service(QueryServiceServer::new(api));

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 use tributary_platform::shutdown::CancellationToken;
@@ -73,7 +72,7 @@ impl TailHub {
                         return;
                     }
                     if tx
-                        .try_send(Ok(crate::grpc::stored_event(row.clone())))
+                        .try_send(Ok(crate::convert::stored_event(row.clone())))
                         .is_err()
                     {
                         return;
@@ -98,64 +97,33 @@ fn too_slow(why: &str) -> Status {
 /// Listens for committed batches until `token` is cancelled, reconnecting
 /// with backoff. Batches committed while disconnected are not replayed: a
 /// tail is a live view (ListEvents reads the history).
-pub async fn listen(database_url: String, pool: Pool, hub: TailHub, token: CancellationToken) {
-    let mut attempt: u32 = 0;
-    loop {
-        match listen_once(&database_url, &pool, &hub, &token).await {
-            Ok(()) => return,
-            Err(e) => {
-                attempt = attempt.saturating_add(1);
-                let pause = Duration::from_millis(200 * u64::from(attempt.min(25)));
-                tracing::warn!(attempt, error = %e, retry_in = ?pause, "tail listener disconnected");
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
+pub async fn listen(pool: Pool, hub: TailHub, token: CancellationToken) {
+    tokio::select! {
+        () = token.cancelled() => {}
+        () = tributary_store::notify::follow_forever(
+            "tail listener disconnected",
+            Duration::from_millis(200),
+            || listen_once(&pool, &hub),
+        ) => {}
     }
 }
 
-async fn listen_once(
-    database_url: &str,
-    pool: &Pool,
-    hub: &TailHub,
-    token: &CancellationToken,
-) -> Result<(), String> {
-    let (client, mut connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (notes_tx, mut notes) = mpsc::unbounded_channel::<String>();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    if notes_tx.send(n.payload().to_owned()).is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("connection closed".to_owned())
-    });
-    client
-        .batch_execute(&format!("LISTEN {}", tributary_store::tail::CHANNEL))
-        .await
-        .map_err(|e| format!("LISTEN: {e}"))?;
+/// Follows committed batches until the connection fails; returns why.
+async fn listen_once(pool: &Pool, hub: &TailHub) -> String {
+    let mut listener = match tributary_store::notify::Listener::start(
+        pool.connector(),
+        &[tributary_store::tail::CHANNEL],
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
     tracing::info!("tail listener connected");
     loop {
-        let payload = tokio::select! {
-            () = token.cancelled() => { driver.abort(); return Ok(()); }
-            p = notes.recv() => p,
-        };
-        let Some(payload) = payload else {
-            return Err(match driver.await {
-                Ok(Err(e)) => e,
-                _ => "listener connection ended".to_owned(),
-            });
+        let payload = match listener.recv().await {
+            Ok(p) => p,
+            Err(e) => return e,
         };
         if hub.clients() == 0 {
             continue;
@@ -164,11 +132,9 @@ async fn listen_once(
             tracing::warn!(payload, "ignoring a malformed tail notification");
             continue;
         };
-        let rows = async {
-            let c = pool.get().await?;
-            tributary_store::tail::rows_in(&c, &ranges).await
-        }
-        .await;
+        let rows = pool
+            .run(async |c| tributary_store::tail::rows_in(c, &ranges).await)
+            .await;
         match rows {
             Ok(rows) if !rows.is_empty() => {
                 let _ = hub.batches.send(Arc::new(rows));

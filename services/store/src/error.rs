@@ -4,12 +4,16 @@ use tokio_postgres::error::SqlState;
 pub enum StoreError {
     #[error("invalid database URL: {0}")]
     Config(#[source] tokio_postgres::Error),
+    #[error("invalid database TLS settings: {0}")]
+    Tls(#[source] crate::tls::TlsConfigError),
     #[error("cannot build the connection pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
     #[error("cannot get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error("broken invariant: {0}")]
+    Invariant(&'static str),
     #[error(
         "migration {version} was changed after it was applied (checksum {applied} != {embedded})"
     )]
@@ -37,6 +41,11 @@ impl StoreError {
             Self::Db(e) => e.as_db_error().map(|d| d.message().to_owned()),
             _ => None,
         }
+    }
+
+    /// A unique constraint refused the row (SQLSTATE 23505).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Db(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
     }
 
     /// The database refused this data (SQLSTATE class 22 or 23): retrying the

@@ -39,6 +39,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261122110000_payload_gin_small_pending_list",
         sql: include_str!("../migrations/20261122110000_payload_gin_small_pending_list.sql"),
     },
+    Migration {
+        version: "20261201000000_api_keys",
+        sql: include_str!("../migrations/20261201000000_api_keys.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.

@@ -1,17 +1,89 @@
 //! The connection pool and its Prometheus gauges.
 
-use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime, Timeouts};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
-use tokio_postgres::NoTls;
 
 use crate::StoreError;
+use crate::tls::Connect;
 
-pub use deadpool_postgres::{Object as Client, Pool};
+pub use deadpool_postgres::Object as Client;
+
+/// The connection pool, and how its connections are made (so a statement
+/// can be cancelled on a connection of its own). Derefs to deadpool's pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: deadpool_postgres::Pool,
+    connect: Arc<Connect>,
+}
+
+impl std::ops::Deref for Pool {
+    type Target = deadpool_postgres::Pool;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl Pool {
+    /// How this pool connects (settings and TLS), for connections of its own.
+    pub fn connector(&self) -> &Connect {
+        &self.connect
+    }
+
+    /// Runs `work` on a pooled connection. If the caller stops waiting (a
+    /// call's deadline passed, its client went away) while `work` runs, the
+    /// statement in progress is cancelled on the server, and the connection
+    /// is closed instead of going back to the pool (a late cancel must never
+    /// reach the next caller's statement).
+    pub async fn run<R>(
+        &self,
+        work: impl AsyncFnOnce(&mut Client) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let client = self.inner.get().await?;
+        let mut guard = CancelOnDrop {
+            client: Some(client),
+            tls: self.connect.tls.clone(),
+        };
+        let result = match guard.client.as_mut() {
+            Some(client) => work(client).await,
+            None => Err(StoreError::Invariant("pooled connection missing")),
+        };
+        // Finished: the connection goes back to the pool as usual.
+        drop(guard.client.take());
+        result
+    }
+}
+
+struct CancelOnDrop {
+    client: Option<Client>,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let token = client.cancel_token();
+        let detached = Client::take(client);
+        let tls = self.tls.clone();
+        // Drop runs inside the runtime (the abandoned future is dropped by a
+        // task of it); without one there is nothing to cancel from.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = token.cancel_query(tls).await {
+                    tracing::debug!(error = %e, "cannot cancel an abandoned statement");
+                }
+                drop(detached);
+            });
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -34,19 +106,19 @@ impl PoolConfig {
 /// Builds the pool. No connection is made until one is needed, so a service
 /// starts (and reports not-ready) while PostgreSQL is down.
 pub fn build(config: &PoolConfig) -> Result<Pool, StoreError> {
-    let mut pg = tokio_postgres::Config::from_str(&config.url).map_err(StoreError::Config)?;
-    if pg.get_application_name().is_none() {
-        pg.application_name("tributary");
+    let mut connect = Connect::from_url(&config.url)?;
+    if connect.config.get_application_name().is_none() {
+        connect.config.application_name("tributary");
     }
-    pg.connect_timeout(config.timeout);
+    connect.config.connect_timeout(config.timeout);
     let manager = Manager::from_config(
-        pg,
-        NoTls,
+        connect.config.clone(),
+        connect.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Ok(Pool::builder(manager)
+    let inner = deadpool_postgres::Pool::builder(manager)
         .max_size(config.max_size)
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts {
@@ -54,7 +126,11 @@ pub fn build(config: &PoolConfig) -> Result<Pool, StoreError> {
             create: Some(config.timeout),
             recycle: Some(config.timeout),
         })
-        .build()?)
+        .build()?;
+    Ok(Pool {
+        inner,
+        connect: Arc::new(connect),
+    })
 }
 
 /// Checks that PostgreSQL answers.

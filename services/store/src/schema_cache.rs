@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
-
 use crate::Pool;
 use crate::event_types::{self, Validator};
+use crate::notify::Listener;
 
 #[derive(Clone)]
 pub struct Schema {
@@ -83,7 +81,6 @@ impl SchemaCache {
 /// Keeps `cache` current until `stop` resolves.
 pub async fn refresh(
     cache: SchemaCache,
-    database_url: String,
     pool: Pool,
     full_refresh: Duration,
     stop: impl std::future::Future<Output = ()>,
@@ -91,89 +88,50 @@ pub async fn refresh(
     tokio::pin!(stop);
     tokio::select! {
         () = &mut stop => {}
-        () = refresh_forever(&cache, &database_url, &pool, full_refresh) => {}
+        () = refresh_forever(&cache, &pool, full_refresh) => {}
     }
 }
 
-async fn refresh_forever(
-    cache: &SchemaCache,
-    database_url: &str,
-    pool: &Pool,
-    full_refresh: Duration,
-) {
-    let mut attempt: u32 = 0;
-    loop {
-        let e = follow(cache, database_url, pool, full_refresh).await;
-        attempt = attempt.saturating_add(1);
-        let pause = Duration::from_millis(250 * u64::from(attempt.min(20)));
-        tracing::warn!(attempt, error = %e, retry_in = ?pause, "schema registry unreachable; serving the cached schemas");
-        tokio::time::sleep(pause).await;
-    }
+async fn refresh_forever(cache: &SchemaCache, pool: &Pool, full_refresh: Duration) {
+    crate::notify::follow_forever(
+        "schema registry unreachable; serving the cached schemas",
+        Duration::from_millis(250),
+        || follow(cache, pool, full_refresh),
+    )
+    .await;
 }
 
 /// Follows the registry until the connection fails; returns why.
-async fn follow(
-    cache: &SchemaCache,
-    database_url: &str,
-    pool: &Pool,
-    full_refresh: Duration,
-) -> String {
-    let (client, mut connection) =
-        match tokio_postgres::connect(database_url, tokio_postgres::NoTls).await {
-            Ok(c) => c,
-            Err(e) => return format!("connect: {}", crate::error::chain(&e)),
+async fn follow(cache: &SchemaCache, pool: &Pool, full_refresh: Duration) -> String {
+    let mut listener =
+        match Listener::start(pool.connector(), &[event_types::CHANGED_CHANNEL]).await {
+            Ok(l) => l,
+            Err(e) => return e,
         };
-    let (names_tx, mut names) = mpsc::unbounded_channel::<String>();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    if names_tx.send(n.payload().to_owned()).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    if let Err(e) = client
-        .batch_execute(&format!("LISTEN {}", event_types::CHANGED_CHANNEL))
-        .await
-    {
-        driver.abort();
-        return format!("LISTEN: {}", crate::error::chain(&e));
-    }
     // Listening first, then loading: no change can fall between the two.
     let n = match cache.load_all(pool).await {
         Ok(n) => n,
-        Err(e) => {
-            driver.abort();
-            return e.to_string();
-        }
+        Err(e) => return e.to_string(),
     };
     tracing::info!(event_types = n, "event-type schemas loaded");
     let mut tick = tokio::time::interval(full_refresh);
     tick.tick().await;
-    let result = loop {
+    loop {
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = cache.load_all(pool).await {
-                    break e.to_string();
+                    return e.to_string();
                 }
             }
-            name = names.recv() => match name {
-                Some(name) => {
+            name = listener.recv() => match name {
+                Ok(name) => {
                     if let Err(e) = cache.load_one(pool, &name).await {
-                        break e.to_string();
+                        return e.to_string();
                     }
                     tracing::info!(event_type = %name, "event-type schema refreshed");
                 }
-                None => break "registry connection closed".to_owned(),
+                Err(e) => return format!("registry connection ended: {e}"),
             },
         }
-    };
-    driver.abort();
-    result
+    }
 }

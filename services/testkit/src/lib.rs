@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+pub mod pki;
 use tributary_kafka::KafkaArgs;
 use tributary_store::{Pool, PoolConfig};
 
@@ -188,6 +190,7 @@ impl TestBroker {
         KafkaArgs {
             kafka_brokers: self.brokers(),
             kafka_options: Vec::new(),
+            kafka_sasl_password: None,
             topic: format!("events.{suffix}"),
             dlq_topic: format!("events.{suffix}.dlq"),
         }

@@ -101,15 +101,25 @@ mod admin_rpcs {
     type Client = AdminServiceClient<tonic::transport::Channel>;
 
     async fn start(db: &TestDb, kafka: &tributary_kafka::KafkaArgs) -> (Client, CancellationToken) {
+        start_with(db, kafka, &["--auth=off".into()]).await
+    }
+
+    async fn start_with(
+        db: &TestDb,
+        kafka: &tributary_kafka::KafkaArgs,
+        extra: &[String],
+    ) -> (Client, CancellationToken) {
         tributary_testkit::init_telemetry();
-        let config = <Config as clap::Parser>::parse_from([
-            "tributary-admin",
-            "--grpc-addr=127.0.0.1:0",
-            "--http-addr=127.0.0.1:0",
-            &format!("--kafka-brokers={}", kafka.kafka_brokers),
-            &format!("--topic={}", kafka.topic),
-            &format!("--database-url={}", db.url),
-        ]);
+        let mut args = vec![
+            "tributary-admin".to_owned(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--http-addr=127.0.0.1:0".into(),
+            format!("--kafka-brokers={}", kafka.kafka_brokers),
+            format!("--topic={}", kafka.topic),
+            format!("--database-url={}", db.url),
+        ];
+        args.extend(extra.iter().cloned());
+        let config = <Config as clap::Parser>::parse_from(args);
         let admin = Admin::build(config, prometheus::Registry::new())
             .await
             .unwrap();
@@ -536,6 +546,220 @@ mod admin_rpcs {
             ),
             ("order.placed", 2)
         );
+        token.cancel();
+    }
+
+    fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn api_keys_are_created_once_listed_without_secrets_and_revoked() {
+        let db = TestDb::new().await.unwrap();
+        let broker = TestBroker::start().await.unwrap();
+        let kafka = broker.kafka_args(&suffix());
+        broker.create_topics(&kafka, 1).await.unwrap();
+        let bootstrap = tributary_platform::auth::key::generate(false).unwrap();
+        let (mut client, token) = start_with(
+            &db,
+            &kafka,
+            &[
+                "--auth=on".into(),
+                format!("--bootstrap-admin-key={}", bootstrap.key),
+            ],
+        )
+        .await;
+        let create = |name: &str, scopes: &[&str]| CreateApiKeyRequest {
+            name: name.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        // Bad requests name the field.
+        for (request, field) in [
+            (create("", &["query:read"]), "name"),
+            (create("x", &[]), "scopes"),
+            (create("x", &["query:write"]), "scopes[0]"),
+            (
+                CreateApiKeyRequest {
+                    publishable: true,
+                    ..create("web", &["ingest:write"])
+                },
+                "allowed_origins",
+            ),
+            (
+                CreateApiKeyRequest {
+                    publishable: true,
+                    allowed_origins: vec!["https://shop.example".into()],
+                    ..create("web", &["query:read"])
+                },
+                "scopes",
+            ),
+            (
+                CreateApiKeyRequest {
+                    allowed_origins: vec!["https://shop.example".into()],
+                    ..create("x", &["query:read"])
+                },
+                "allowed_origins",
+            ),
+            (
+                CreateApiKeyRequest {
+                    expires_at: Some(std::time::SystemTime::UNIX_EPOCH.into()),
+                    ..create("x", &["query:read"])
+                },
+                "expires_at",
+            ),
+        ] {
+            let e = client
+                .create_api_key(with_key(request, &bootstrap.key))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+            assert!(e.message().contains(field), "{field}: {}", e.message());
+        }
+        // Created: the secret once, and it works at once for its scope.
+        let created = client
+            .create_api_key(with_key(
+                create("ops reader", &["admin:read"]),
+                &bootstrap.key,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let key = created.key.unwrap();
+        assert!(
+            created.secret.starts_with(&format!("trb_{}_", key.key_id)),
+            "{}",
+            created.secret
+        );
+        assert_eq!(key.scopes, ["admin:read"]);
+        let listed = client
+            .list_api_keys(with_key(ListApiKeysRequest::default(), &created.secret))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.keys.iter().any(|k| k.key_id == key.key_id));
+        let secret_part = tributary_platform::auth::key::parse(&created.secret)
+            .unwrap()
+            .secret;
+        assert!(
+            !format!("{listed:?}").contains(secret_part),
+            "a listing shows no secret"
+        );
+        let stored = db.pool.get().await.unwrap();
+        let row = tributary_store::api_keys::get(&stored, &key.key_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.secret_sha256,
+            tributary_platform::auth::key::secret_sha256(secret_part).to_vec(),
+            "only the hash is stored"
+        );
+        // admin:read may not write.
+        let denied = client
+            .create_api_key(with_key(create("x", &["admin:write"]), &created.secret))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        // A publishable key for a web page.
+        let web = client
+            .create_api_key(with_key(
+                CreateApiKeyRequest {
+                    publishable: true,
+                    allowed_origins: vec!["http://127.0.0.1:8088".into()],
+                    ..create("web page", &[])
+                },
+                &bootstrap.key,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(web.secret.starts_with("trb_pub_"));
+        assert_eq!(web.key.unwrap().scopes, ["ingest:write"]);
+        // Revoked: refused at once here, revoked_at kept on a second revoke.
+        let revoke = |key_id: &str| {
+            with_key(
+                RevokeApiKeyRequest {
+                    key_id: key_id.to_owned(),
+                },
+                &bootstrap.key,
+            )
+        };
+        let first = client.revoke_api_key(revoke(&key.key_id)).await.unwrap();
+        let again = client.revoke_api_key(revoke(&key.key_id)).await.unwrap();
+        assert!(first.get_ref().revoked_at.is_some());
+        assert_eq!(again.get_ref().revoked_at, first.get_ref().revoked_at);
+        tributary_testkit::eventually(Duration::from_secs(5), "the revoked key refused", || {
+            let mut client = client.clone();
+            let secret = created.secret.clone();
+            async move {
+                let r = client
+                    .list_api_keys(with_key(ListApiKeysRequest::default(), &secret))
+                    .await;
+                r.err()
+                    .filter(|s| s.code() == Code::Unauthenticated)
+                    .map(|_| ())
+            }
+        })
+        .await
+        .unwrap();
+        let missing = client
+            .revoke_api_key(revoke("aaaaaaaaaaaa"))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+        // Revoked keys are left out of listings unless asked for.
+        let live = client
+            .list_api_keys(with_key(ListApiKeysRequest::default(), &bootstrap.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(live.keys.iter().all(|k| k.key_id != key.key_id));
+        let all = client
+            .list_api_keys(with_key(
+                ListApiKeysRequest {
+                    include_revoked: true,
+                    page_size: 1,
+                    ..Default::default()
+                },
+                &bootstrap.key,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.keys.len(), 1);
+        assert!(!all.next_page_token.is_empty(), "two keys, pages of one");
+
+        // A rule's webhook may not point at internal addresses.
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://127.0.0.1:9/",
+        ] {
+            let e = client
+                .create_rule(with_key(
+                    CreateRuleRequest {
+                        name: "r".into(),
+                        event_type: "order.placed".into(),
+                        path: "/amount".into(),
+                        comparator: Comparator::Gt as i32,
+                        threshold: Some(prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NumberValue(1.0)),
+                        }),
+                        webhook_url: url.into(),
+                        description: String::new(),
+                    },
+                    &bootstrap.key,
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{url}");
+            assert!(e.message().starts_with("webhook_url:"), "{}", e.message());
+        }
         token.cancel();
     }
 }

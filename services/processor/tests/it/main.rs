@@ -63,6 +63,7 @@ async fn produce(kafka: &KafkaArgs, records: &[(Option<&str>, Vec<u8>)]) {
 fn config(db_url: &str, kafka: &KafkaArgs, group: &str) -> Config {
     <Config as clap::Parser>::parse_from([
         "tributary-processor",
+        "--auth=off",
         "--grpc-addr=127.0.0.1:0",
         "--http-addr=127.0.0.1:0",
         &format!("--kafka-brokers={}", kafka.kafka_brokers),
@@ -303,6 +304,7 @@ async fn one_event_is_traced_from_ingest_to_the_insert() {
 
     let ingest_config = <tributary_ingest::Config as clap::Parser>::parse_from([
         "tributary-ingest",
+        "--auth=off",
         "--grpc-addr=127.0.0.1:0",
         "--http-addr=127.0.0.1:0",
         &format!("--kafka-brokers={}", kafka.kafka_brokers),

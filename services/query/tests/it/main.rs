@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod security;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,7 @@ async fn start(db: &TestDb) -> (Client, CancellationToken) {
     tributary_testkit::init_telemetry();
     let config = <Config as clap::Parser>::parse_from([
         "tributary-query",
+        "--auth=off",
         "--grpc-addr=127.0.0.1:0",
         "--http-addr=127.0.0.1:0",
         &format!("--database-url={}", db.url),
