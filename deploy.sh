@@ -20,6 +20,11 @@ PG_DIR="$TB_STATE_DIR/postgres"
 PG_DATA="$PG_DIR/data"
 PG_SOCKET_DIR="$PG_DIR/run"
 PG_LOG="$TB_LOG_DIR/postgres.log"
+# --secure: the local CA, certificates and keys, and the secrets (passwords,
+# the bootstrap admin key), made once and kept across runs.
+TLS_DIR="$TB_STATE_DIR/tls"
+SECRETS_DIR="$TB_STATE_DIR/secrets"
+KAFKA_USER=tributary
 
 usage() {
   cat <<EOF
@@ -30,7 +35,7 @@ Kafka-protocol broker, the ingest, processor, query and admin services, the
 trace sink (OTLP/gRPC, spans as JSON lines) and Prometheus (with the alert rules).
 
 Commands:
-  up               (the default) Install what is missing (apt packages, grpcurl,
+  up [--secure]    (the default) Install what is missing (apt packages, grpcurl,
                    nisshi), build the release binaries, start PostgreSQL and the
                    broker, migrate (schema and topics), start the services, wait
                    until each answers gRPC health SERVING and HTTP /ready, then
@@ -74,6 +79,19 @@ Options:
                      default) or memory (not durable, as with --postgres; the
                      default there). postgres is refused with --postgres, the
                      option itself with --kafka (no local broker runs).
+  --secure           (up) TLS and auth everywhere. A local CA (made once,
+                     \$TRIBUTARY_STATE_DIR/tls/ca.pem) signs the certificates;
+                     every gRPC port serves TLS only, admin's with mutual TLS
+                     (clients present tls/client.pem); API keys are required
+                     (the bootstrap admin key, every scope, is in
+                     \$TRIBUTARY_STATE_DIR/secrets/admin.key, mode 0600);
+                     PostgreSQL takes only TLS connections (the services
+                     connect with sslmode=verify-full) with a generated
+                     password; the broker listens TLS-only with SCRAM-SHA-512
+                     users (SASL_SSL). Needs the local PostgreSQL and the
+                     local broker on its postgres engine (exit 64 otherwise).
+                     Without it: loopback only, no TLS, auth off (each
+                     service warns). Switching needs a 'down' first.
   --no-build         (up) Skip 'cargo build'; use the binaries already built.
   --porcelain        (status) One line per part: NAME STATE PID HEALTH.
   --env ENV          (k8s) dev, staging or prod.
@@ -93,6 +111,10 @@ Environment:
   TRIBUTARY_PARTITIONS  partitions of tributary.events when migrate creates it
                         (default 6)
   TRIBUTARY_LOG_FORMAT  service log format, text or json (default text)
+  TRIBUTARY_WEBHOOK_ALLOW_CIDR
+                        (up) addresses rule webhooks may reach although
+                        internal (default: 127.0.0.0/8,::1/128 without
+                        --secure, none with it); saved with the options
   CARGO_TARGET_DIR      build directory (default \$HOME/.cache/tributary/target)
 
 Local endpoints (on TRIBUTARY_BIND_HOST):
@@ -124,6 +146,8 @@ CFG_POSTGRES=""
 CFG_BROKER_ENGINE=""
 CFG_PG_PORT=55432
 CFG_BIND_HOST=127.0.0.1
+CFG_SECURE=0
+CFG_WEBHOOK_ALLOW=""
 
 load_saved_cfg() {
   [[ -f "$CFG_FILE" ]] || return 1
@@ -143,25 +167,71 @@ save_cfg() {
       printf 'CFG_BROKER_ENGINE=%q\n' "$CFG_BROKER_ENGINE"
       printf 'CFG_PG_PORT=%q\n' "$CFG_PG_PORT"
       printf 'CFG_BIND_HOST=%q\n' "$CFG_BIND_HOST"
+      printf 'CFG_SECURE=%q\n' "$CFG_SECURE"
+      printf 'CFG_WEBHOOK_ALLOW=%q\n' "$CFG_WEBHOOK_ALLOW"
     } >"$tmp"
   )
   mv "$tmp" "$CFG_FILE"
 }
 
 cfg_summary() {
-  printf 'kafka=%s postgres=%s broker-engine=%s pg-port=%s bind-host=%s' "${CFG_KAFKA:-local}" \
+  printf 'kafka=%s postgres=%s broker-engine=%s pg-port=%s bind-host=%s mode=%s' "${CFG_KAFKA:-local}" \
     "$( [[ -n "$CFG_POSTGRES" ]] && redact_dsn "$CFG_POSTGRES" || echo local)" \
-    "$(local_broker && broker_engine_name || echo -)" "$CFG_PG_PORT" "$CFG_BIND_HOST"
+    "$(local_broker && broker_engine_name || echo -)" "$CFG_PG_PORT" "$CFG_BIND_HOST" \
+    "$(secure && echo secure || echo plain)"
 }
 
 # The raw options, to compare a request with what is running.
-cfg_key() { printf '%s|%s|%s|%s|%s' "$CFG_KAFKA" "$CFG_POSTGRES" "$CFG_BROKER_ENGINE" "$CFG_PG_PORT" "$CFG_BIND_HOST"; }
+cfg_key() {
+  printf '%s|%s|%s|%s|%s|%s|%s' "$CFG_KAFKA" "$CFG_POSTGRES" "$CFG_BROKER_ENGINE" "$CFG_PG_PORT" \
+    "$CFG_BIND_HOST" "$CFG_SECURE" "$CFG_WEBHOOK_ALLOW"
+}
+
+secure() { [[ "$CFG_SECURE" == 1 ]]; }
+
+# How the scripts' grpcurl calls reach the services (scripts/lib.sh).
+set_grpcurl_tls() {
+  if secure; then
+    TB_GRPCURL_TLS=(-cacert "$TLS_DIR/ca.pem" -cert "$TLS_DIR/client.pem" -key "$TLS_DIR/client.key")
+  else
+    TB_GRPCURL_TLS=(-plaintext)
+  fi
+}
 
 local_pg() { [[ -z "$CFG_POSTGRES" ]]; }
 local_broker() { [[ -z "$CFG_KAFKA" ]]; }
 kafka_brokers() { if local_broker; then echo "127.0.0.1:$BROKER_PORT"; else echo "$CFG_KAFKA"; fi; }
+pg_password() { if secure; then cat "$SECRETS_DIR/pg.password"; else echo postgres; fi; }
 database_url() {
-  if local_pg; then echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/tributary"; else echo "$CFG_POSTGRES"; fi
+  if ! local_pg; then
+    echo "$CFG_POSTGRES"
+  elif secure; then
+    echo "postgres://postgres:$(pg_password)@127.0.0.1:$CFG_PG_PORT/tributary?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.pem"
+  else
+    echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/tributary"
+  fi
+}
+# What a service or tributary-ctl needs in its environment to reach
+# PostgreSQL and the broker (call it in a subshell: it exports).
+export_dependency_env() {
+  export TRIBUTARY_KAFKA_BROKERS
+  TRIBUTARY_KAFKA_BROKERS="$(kafka_brokers)"
+  if secure; then
+    # Secrets as files, never in a process's arguments or environment.
+    # (What the caller's environment holds for the clients, e.g. for the
+    # bench, must not clash with the files.)
+    unset TRIBUTARY_DATABASE_URL TRIBUTARY_KAFKA_SASL_PASSWORD
+    export TRIBUTARY_DATABASE_URL_FILE="$SECRETS_DIR/database.url"
+    export TRIBUTARY_KAFKA_OPTIONS="security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=$KAFKA_USER,ssl.ca.location=$TLS_DIR/ca.pem"
+    export TRIBUTARY_KAFKA_SASL_PASSWORD_FILE="$SECRETS_DIR/kafka.password"
+  else
+    unset TRIBUTARY_DATABASE_URL_FILE
+    # The local plain broker takes no TLS or SASL, whatever the caller's
+    # environment says.
+    local_broker && unset TRIBUTARY_KAFKA_OPTIONS TRIBUTARY_KAFKA_SASL_PASSWORD TRIBUTARY_KAFKA_SASL_PASSWORD_FILE
+    export TRIBUTARY_DATABASE_URL
+    TRIBUTARY_DATABASE_URL="$(database_url)"
+  fi
 }
 # The local broker's storage engine: --broker-engine, else postgres when
 # PostgreSQL is local (memory has nowhere durable to keep its data otherwise).
@@ -172,7 +242,14 @@ broker_engine_name() {
 }
 broker_on_pg() { local_broker && [[ "$(broker_engine_name)" == postgres ]]; }
 broker_engine() {
-  if broker_on_pg; then echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/nisshi"; else echo "memory://nisshi/"; fi
+  if ! broker_on_pg; then
+    echo "memory://nisshi/"
+  elif secure; then
+    # nisshi checks the server against the system's CAs (SSL_CERT_FILE).
+    echo "postgres://postgres:$(pg_password)@127.0.0.1:$CFG_PG_PORT/nisshi?sslmode=require"
+  else
+    echo "postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/nisshi"
+  fi
 }
 
 # ---------------------------------------------------------------- postgres
@@ -185,9 +262,10 @@ pg_running() {
 
 pg_pid() { head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || echo -; }
 
+# Over the unix socket as the postgres user (peer): no password, either mode.
 pg_psql() {
-  PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 "$TB_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
-    -h 127.0.0.1 -p "$CFG_PG_PORT" -U postgres -d postgres -tA "$@"
+  PGCONNECT_TIMEOUT=5 pg_as "$TB_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+    -h "$PG_SOCKET_DIR" -p "$CFG_PG_PORT" -U postgres -d postgres -tA "$@"
 }
 
 pg_create_database() {
@@ -226,7 +304,26 @@ max_wal_size = 4GB
 checkpoint_timeout = 15min
 checkpoint_completion_target = 0.9
 EOF
+  if secure; then
+    cat >>"$PG_DATA/tributary.conf" <<EOF
+ssl = on
+ssl_cert_file = '$PG_DIR/tls/server.pem'
+ssl_key_file = '$PG_DIR/tls/server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
+  fi
   chown postgres:postgres "$PG_DATA/tributary.conf"
+  # Who may connect: the socket as the postgres user (peer); over TCP with a
+  # password, and with --secure only over TLS.
+  local host=host
+  secure && host=hostssl
+  cat >"$PG_DATA/pg_hba.conf" <<EOF
+# written by deploy.sh
+local   all   all                  peer
+$host   all   all   127.0.0.1/32   scram-sha-256
+$host   all   all   ::1/128        scram-sha-256
+EOF
+  chown postgres:postgres "$PG_DATA/pg_hba.conf"
 }
 
 pg_init() {
@@ -270,6 +367,9 @@ start_postgres() {
       die "postgres did not start"
     }
   fi
+  # The password of the mode (with --secure a generated one), set over the
+  # socket; the statement goes through standard input, not an argument.
+  pg_psql <<<"ALTER ROLE postgres PASSWORD '$(pg_password)'" >/dev/null || die "cannot set the postgres password"
   pg_create_database tributary
   broker_on_pg && pg_create_database nisshi
   return 0
@@ -298,17 +398,118 @@ start_broker() {
     pg_create_database nisshi
   fi
   mkdir -p "$TB_LOG_DIR"
-  log_info "starting nisshi broker on 127.0.0.1:$BROKER_PORT ($(broker_engine_name) storage engine)"
-  pid=$(cd "$TB_STATE_DIR" && pid_start broker "$log" "$TB_NISSHI_BIN" broker \
-    --cluster-id tributary \
-    --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine "$(broker_engine)" \
-    --group-initial-rebalance-delay 100ms)
+  local tls=()
+  if secure; then
+    ensure_kafka_user
+    tls=(--cert "$TLS_DIR/server.pem" --key "$TLS_DIR/server.key" --authentication)
+  fi
+  log_info "starting nisshi broker on 127.0.0.1:$BROKER_PORT ($(broker_engine_name) storage engine$(secure && echo ', TLS only, SCRAM-SHA-512'))"
+  pid=$(run_broker "$log" "${tls[@]}")
   wait_for_port 127.0.0.1 "$BROKER_PORT" 30 broker || {
     log_tail "$log"
     die "the broker did not start (pid $pid)"
   }
+}
+
+# run_broker LOG [ARGS...]: starts nisshi; prints its pid. The storage URL
+# (with its password) goes through the environment, not the arguments.
+run_broker() {
+  local log=$1
+  shift
+  (
+    cd "$TB_STATE_DIR" || exit 1
+    export STORAGE_ENGINE
+    STORAGE_ENGINE="$(broker_engine)"
+    if secure; then export SSL_CERT_FILE="$TLS_DIR/ca.pem"; fi
+    pid_start broker "$log" "$TB_NISSHI_BIN" broker \
+      --cluster-id tributary \
+      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --group-initial-rebalance-delay 100ms "$@"
+  )
+}
+
+# ensure_kafka_user: the broker's SCRAM user for the services, created once
+# (nisshi keeps users in its postgres storage). A broker that requires
+# authentication cannot create its first user, so this runs a plaintext
+# broker on loopback for the moment it takes.
+ensure_kafka_user() {
+  [[ -f "$SECRETS_DIR/kafka.user" ]] && return 0
+  local log="$TB_LOG_DIR/broker.log" pid
+  log_info "creating the broker's SCRAM-SHA-512 user $KAFKA_USER"
+  pid=$(run_broker "$log")
+  wait_for_port 127.0.0.1 "$BROKER_PORT" 30 broker || {
+    log_tail "$log"
+    die "the broker did not start to create its user (pid $pid)"
+  }
+  "$TB_NISSHI_BIN" user create --broker "tcp://127.0.0.1:$BROKER_PORT" --mechanism scram512 \
+    "$KAFKA_USER" "$(cat "$SECRETS_DIR/kafka.password")" >>"$log" 2>&1 || {
+    pid_stop broker
+    die "cannot create the broker's user (log: $log)"
+  }
+  pid_stop broker || die "could not stop the broker after creating its user"
+  printf '%s\n' "$KAFKA_USER" >"$SECRETS_DIR/kafka.user"
+}
+
+# ---------------------------------------------------------------- --secure material
+
+# tls_issue NAME CN SAN EKU: a key and a certificate signed by the local CA.
+tls_issue() {
+  local name=$1 cn=$2 san=$3 eku=$4 ext
+  ext=$(mktemp)
+  printf 'subjectAltName=%s\nextendedKeyUsage=%s\nkeyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n' \
+    "$san" "$eku" >"$ext"
+  if ! (
+    umask 077
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
+      -keyout "$TLS_DIR/$name.key" -out "$TLS_DIR/$name.csr" 2>/dev/null &&
+      openssl x509 -req -in "$TLS_DIR/$name.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 825 -extfile "$ext" -out "$TLS_DIR/$name.pem.tmp" 2>/dev/null
+  ); then
+    rm -f "$ext"
+    die "openssl could not issue the $name certificate"
+  fi
+  rm -f "$ext" "$TLS_DIR/$name.csr"
+  chmod 644 "$TLS_DIR/$name.pem.tmp"
+  mv "$TLS_DIR/$name.pem.tmp" "$TLS_DIR/$name.pem"
+}
+
+# ensure_secure_material: the CA, the server and client certificates, the
+# passwords and the bootstrap admin key; each made once, when missing.
+ensure_secure_material() {
+  command -v openssl >/dev/null || ensure_apt openssl
+  install -d -m 755 "$TLS_DIR"
+  install -d -m 700 "$SECRETS_DIR"
+  if [[ ! -s "$TLS_DIR/ca.pem" || ! -s "$TLS_DIR/ca.key" ]]; then
+    log_info "making a local CA in $TLS_DIR"
+    (
+      umask 077
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=Tributary local CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+    ) || die "openssl could not make the CA"
+    chmod 644 "$TLS_DIR/ca.pem"
+    rm -f "$TLS_DIR/server.pem" "$TLS_DIR/client.pem"
+  fi
+  [[ -s "$TLS_DIR/server.pem" ]] ||
+    tls_issue server localhost "DNS:localhost,IP:127.0.0.1,IP:::1" serverAuth
+  [[ -s "$TLS_DIR/client.pem" ]] ||
+    tls_issue client tributary-local-client "DNS:tributary-local-client" clientAuth
+  local f
+  for f in pg.password kafka.password; do
+    [[ -s "$SECRETS_DIR/$f" ]] || (umask 077 && openssl rand -hex 24 >"$SECRETS_DIR/$f")
+  done
+  if [[ ! -s "$SECRETS_DIR/admin.key" ]]; then
+    (umask 077 && "$TB_BIN_DIR/tributary-ctl" generate-key >"$SECRETS_DIR/admin.key") ||
+      die "cannot generate the bootstrap admin key"
+  fi
+  (umask 077 && database_url >"$SECRETS_DIR/database.url")
+  chmod 600 "$SECRETS_DIR"/*
+  # PostgreSQL reads its own copies (it refuses a key others can read).
+  install -d -o postgres -g postgres -m 700 "$PG_DIR" "$PG_DIR/tls"
+  install -o postgres -g postgres -m 644 "$TLS_DIR/server.pem" "$PG_DIR/tls/server.pem"
+  install -o postgres -g postgres -m 600 "$TLS_DIR/server.key" "$PG_DIR/tls/server.key"
 }
 
 # ---------------------------------------------------------------- services
@@ -336,19 +537,24 @@ svc_start() {
     # sent every 500 ms so a test sees them promptly.
     export TRIBUTARY_OTLP_ENDPOINT="http://127.0.0.1:$TRACE_SINK_PORT"
     export OTEL_BSP_SCHEDULE_DELAY=500
-    # Outgoing webhooks (rules) may reach receivers on this machine.
-    export TRIBUTARY_WEBHOOK_ALLOW_CIDR="${TRIBUTARY_WEBHOOK_ALLOW_CIDR:-127.0.0.0/8,::1/128}"
-    # Plain mode: loopback only and no API keys (each service warns about
-    # it in its log and /ready); --secure turns auth and TLS on.
-    export TRIBUTARY_AUTH=off
-    TRIBUTARY_KAFKA_BROKERS="$(kafka_brokers)"
-    TRIBUTARY_DATABASE_URL="$(database_url)"
-    case $name in
-      ingest) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
-      processor) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
-      query) export TRIBUTARY_DATABASE_URL ;;
-      admin) export TRIBUTARY_KAFKA_BROKERS TRIBUTARY_DATABASE_URL ;;
-    esac
+    # Where outgoing webhooks (rules) may connect although internal.
+    unset TRIBUTARY_WEBHOOK_ALLOW_CIDR
+    [[ -z "$CFG_WEBHOOK_ALLOW" ]] || export TRIBUTARY_WEBHOOK_ALLOW_CIDR="$CFG_WEBHOOK_ALLOW"
+    export_dependency_env
+    if secure; then
+      export TRIBUTARY_AUTH=on
+      export TRIBUTARY_BOOTSTRAP_ADMIN_KEY_FILE="$SECRETS_DIR/admin.key"
+      export TRIBUTARY_TLS_CERT="$TLS_DIR/server.pem" TRIBUTARY_TLS_KEY="$TLS_DIR/server.key"
+      if [[ $name == admin ]]; then
+        # The operators' plane: mutual TLS. Admin also checks the other
+        # services' health over TLS.
+        export TRIBUTARY_TLS_CLIENT_CA="$TLS_DIR/ca.pem" TRIBUTARY_TLS_CA="$TLS_DIR/ca.pem"
+      fi
+    else
+      # Plain mode: loopback only and no API keys (each service warns about
+      # it in its log and /ready).
+      export TRIBUTARY_AUTH=off
+    fi
     pid_start "$name" "$log" "$bin"
   )
   log_info "started $name (pid $pid), log $log"
@@ -366,9 +572,10 @@ run_migrate() {
   mkdir -p "$TB_LOG_DIR"
   printf '\n==== %s migrate ====\n' "$(date -Is)" >>"$log"
   log_info "migrating (schema and topics)"
-  # The DSN goes through the environment, so a password never shows in ps.
-  TRIBUTARY_DATABASE_URL="$(database_url)" "$TB_BIN_DIR/tributary-ctl" migrate \
-    --kafka-brokers "$(kafka_brokers)" --partitions "${TRIBUTARY_PARTITIONS:-6}" >>"$log" 2>&1 || {
+  # The DSN goes through the environment (or a file), so a password never
+  # shows in ps.
+  (export_dependency_env && "$TB_BIN_DIR/tributary-ctl" migrate \
+    --partitions "${TRIBUTARY_PARTITIONS:-6}" >>"$log" 2>&1) || {
     log_tail "$log"
     die "migrate failed (log: $log)"
   }
@@ -530,6 +737,7 @@ part_status() {
 cmd_status() {
   local porcelain=$1 part line rc=0 state pid addr health
   load_saved_cfg || true
+  set_grpcurl_tls
   [[ "$porcelain" == 1 ]] || printf '%-10s %-9s %-8s %-42s %s\n' PART STATE PID ADDRESS HEALTH
   for part in "${PARTS[@]}"; do
     line=$(part_status "$part") || rc=1
@@ -576,13 +784,17 @@ EOF
     echo "  broker     $(kafka_brokers) (external)"
   fi
   if local_pg; then
-    echo "  postgres   $(database_url)   log $PG_LOG"
+    echo "  postgres   $(redact_dsn "$(database_url)")   log $PG_LOG"
   else
     echo "  postgres   $(redact_dsn "$CFG_POSTGRES") (external)"
   fi
   echo "  migrate    log $TB_LOG_DIR/migrate.log"
   echo "  tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans in $TRACE_FILE"
   echo "  prometheus http://127.0.0.1:$PROMETHEUS_PORT (alerts: /alerts)   log $TB_LOG_DIR/prometheus.log"
+  if secure; then
+    print_secure_examples
+    return
+  fi
   cat <<EOF
 
 Try (grpcurl $TB_GRPCURL_VERSION is $g):
@@ -598,12 +810,36 @@ Status: ./deploy.sh status      Stop everything: ./deploy.sh down
 EOF
 }
 
+# The examples of a --secure deployment: TLS with the local CA, the key in a
+# header read from its file (never printed).
+print_secure_examples() {
+  local g="$TB_GRPCURL" cacert="-cacert $TLS_DIR/ca.pem" key="-H \"authorization: Bearer \$(cat $SECRETS_DIR/admin.key)\""
+  cat <<EOF
+
+Secure mode: TLS on every gRPC port (CA $TLS_DIR/ca.pem; admin wants a client
+certificate: $TLS_DIR/client.pem and client.key), API keys on every call
+(bootstrap admin key, every scope: $SECRETS_DIR/admin.key), PostgreSQL over
+TLS only (verify-full), the broker SASL_SSL with SCRAM-SHA-512.
+
+Try (grpcurl $TB_GRPCURL_VERSION is $g):
+  $g $cacert 127.0.0.1:50051 list
+  $g $cacert $key -d '{"event":{"eventType":"page.view","source":"web","userId":"u1","payload":{"path":"/"}}}' \\
+      127.0.0.1:50051 tributary.v1.IngestService/Publish
+  $g $cacert $key -d '{"filter":{"userId":"u1"},"pageSize":10}' 127.0.0.1:50052 tributary.v1.QueryService/ListEvents
+  # a key for a client, with only the scope it needs (the secret is shown once):
+  $g $cacert -cert $TLS_DIR/client.pem -key $TLS_DIR/client.key $key \\
+      -d '{"name":"reader","scopes":["query:read"]}' 127.0.0.1:50053 tributary.v1.AdminService/CreateApiKey
+
+Status: ./deploy.sh status      Stop everything: ./deploy.sh down
+EOF
+}
+
 # ---------------------------------------------------------------- commands
 
 require_root() { [[ $EUID -eq 0 ]] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"; }
 
 cmd_up() {
-  local opt_set=$1 opt_kafka=$2 opt_postgres=$3 opt_engine=$4 no_build=$5 s
+  local opt_set=$1 opt_kafka=$2 opt_postgres=$3 opt_engine=$4 no_build=$5 opt_secure=$6 s
   require_root
   local saved=0
   load_saved_cfg && saved=1
@@ -616,14 +852,28 @@ cmd_up() {
     CFG_KAFKA=$opt_kafka
     CFG_POSTGRES=$opt_postgres
     CFG_BROKER_ENGINE=$opt_engine
+    CFG_SECURE=$opt_secure
     if [[ -n "$CFG_BROKER_ENGINE" ]]; then
       local_broker || die "--broker-engine chooses the local broker's storage engine; with --kafka no local broker is started"
       [[ "$CFG_BROKER_ENGINE" == memory ]] || local_pg ||
         die "--broker-engine postgres needs the local PostgreSQL (the broker's data go in its database nisshi), and with --postgres none is started: use --broker-engine memory (not durable), or --kafka HOST:PORT"
     fi
     local_broker && CFG_BROKER_ENGINE=$(broker_engine_name)
+    if secure && ! { local_pg && broker_on_pg; }; then
+      log_error "--secure runs the local PostgreSQL with TLS and the local broker TLS-only with SCRAM users, which only its postgres engine can store: it cannot be combined with --kafka, --postgres or --broker-engine memory"
+      exit 64
+    fi
+    if [[ -n "${TRIBUTARY_WEBHOOK_ALLOW_CIDR+set}" ]]; then
+      CFG_WEBHOOK_ALLOW=$TRIBUTARY_WEBHOOK_ALLOW_CIDR
+    elif secure; then
+      CFG_WEBHOOK_ALLOW=""
+    else
+      CFG_WEBHOOK_ALLOW="127.0.0.0/8,::1/128"
+    fi
   elif [[ "$saved" == 1 ]]; then
     log_info "reusing the saved options: $old"
+  else
+    CFG_WEBHOOK_ALLOW=${TRIBUTARY_WEBHOOK_ALLOW_CIDR-127.0.0.0/8,::1/128}
   fi
   CFG_PG_PORT=${TRIBUTARY_PG_PORT:-$CFG_PG_PORT}
   CFG_BIND_HOST=${TRIBUTARY_BIND_HOST:-$CFG_BIND_HOST}
@@ -660,6 +910,8 @@ cmd_up() {
     wait "$nisshi_pid" || die "building nisshi failed"
   fi
 
+  set_grpcurl_tls
+  secure && ensure_secure_material
   local_pg && start_postgres
   local_broker && start_broker
   check_external
@@ -714,6 +966,7 @@ cmd_start() {
   local part=$1
   require_root
   load_saved_cfg || true
+  set_grpcurl_tls
   case $part in
     postgres)
       local_pg || die "this deployment uses an external PostgreSQL ($(redact_dsn "$CFG_POSTGRES"))"
@@ -771,7 +1024,7 @@ cmd_stop() {
 }
 
 main() {
-  local cmd="" part="" opt_set=0 opt_kafka="" opt_postgres="" opt_engine="" no_build=0 porcelain=0
+  local cmd="" part="" opt_set=0 opt_kafka="" opt_postgres="" opt_engine="" no_build=0 porcelain=0 opt_secure=0
   local up_opts=0 status_opts=0 k8s_opts=0 k8s_env="" dry_run=0
   while (($#)); do
     case $1 in
@@ -807,6 +1060,10 @@ main() {
         ;;
       --no-build)
         no_build=1 up_opts=1
+        shift
+        ;;
+      --secure)
+        opt_secure=1 opt_set=1 up_opts=1
         shift
         ;;
       --porcelain)
@@ -845,7 +1102,7 @@ main() {
     esac
   done
   cmd=${cmd:-up}
-  [[ "$up_opts" == 0 || "$cmd" == up ]] || die "--kafka, --postgres, --broker-engine and --no-build go with 'up'"
+  [[ "$up_opts" == 0 || "$cmd" == up ]] || die "--kafka, --postgres, --broker-engine, --secure and --no-build go with 'up'"
   [[ "$status_opts" == 0 || "$cmd" == status ]] || die "--porcelain goes with 'status'"
   [[ "$k8s_opts" == 0 || "$cmd" == k8s ]] || die "--env and --dry-run go with 'k8s'"
   if [[ "$cmd" == start || "$cmd" == stop ]]; then
@@ -853,7 +1110,7 @@ main() {
     valid_part "$part" || die "unknown PART '$part': one of ${PARTS[*]}"
   fi
   case $cmd in
-    up) cmd_up "$opt_set" "$opt_kafka" "$opt_postgres" "$opt_engine" "$no_build" ;;
+    up) cmd_up "$opt_set" "$opt_kafka" "$opt_postgres" "$opt_engine" "$no_build" "$opt_secure" ;;
     down) cmd_down ;;
     status) cmd_status "$porcelain" ;;
     start) cmd_start "$part" ;;

@@ -63,11 +63,23 @@ ensure_grpcurl
 # shellcheck source=tests/lib.sh
 source "$ROOT/tests/lib.sh"
 
+# The areas run against the plain deployment (tests/80-secure.sh switches to
+# --secure and back on its own). A --secure one found running is put back at
+# the end.
+SECURE_FOUND=0
+if grep -qx 'CFG_SECURE=1' "$TB_STATE_DIR/deploy.env" 2>/dev/null; then
+  log_info "a --secure deployment runs: the tests switch to the plain one and put it back at the end"
+  SECURE_FOUND=1
+  ./deploy.sh down || exit 1
+  trap 'rc=$?; log_info "putting back the --secure deployment"; ./deploy.sh down >/dev/null; ./deploy.sh up --secure --no-build >/dev/null || rc=1; exit "$rc"' EXIT
+  trap 'exit 130' INT TERM
+fi
+
 if [[ "$(grpc_health "$INGEST_ADDR")" != SERVING ]]; then
   log_info "ingest does not answer on $INGEST_ADDR: deploying"
   mapfile -t RUNNING_BEFORE < <(running_parts)
   DEPLOYED=1
-  trap cleanup EXIT
+  ((SECURE_FOUND)) || trap cleanup EXIT
   trap 'exit 130' INT TERM
   ./deploy.sh up
   deploy_rc=$?

@@ -64,6 +64,7 @@ TB_LOG_PREFIX="${TB_LOG_PREFIX:-tributary}"
 
 log_info() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "$TB_LOG_PREFIX" "$*" >&2; }
 log_warn() { printf '%s [%s] warning: %s\n' "$(date +%H:%M:%S)" "$TB_LOG_PREFIX" "$*" >&2; }
+log_error() { printf '%s [%s] error: %s\n' "$(date +%H:%M:%S)" "$TB_LOG_PREFIX" "$*" >&2; }
 die() {
   printf '%s [%s] error: %s\n' "$(date +%H:%M:%S)" "$TB_LOG_PREFIX" "$*" >&2
   exit 1
@@ -369,6 +370,10 @@ wait_for_port() {
   done
 }
 
+# How grpcurl reaches the services: -plaintext, or the TLS flags of a
+# --secure deployment (deploy.sh's set_grpcurl_tls).
+TB_GRPCURL_TLS=(-plaintext)
+
 # grpc_health ADDR [SERVICE]: prints SERVING, NOT_SERVING, SERVICE_UNKNOWN,
 # UNKNOWN, "unreachable", or "unknown(no-grpcurl)" before grpcurl is installed.
 grpc_health() {
@@ -377,7 +382,7 @@ grpc_health() {
     printf 'unknown(no-grpcurl)\n'
     return 0
   fi
-  if out=$("$TB_GRPCURL" -plaintext -max-time 3 -d "{\"service\":\"$service\"}" \
+  if out=$("$TB_GRPCURL" "${TB_GRPCURL_TLS[@]}" -max-time 3 -d "{\"service\":\"$service\"}" \
     "$addr" grpc.health.v1.Health/Check 2>&1); then
     out=$(grep -o '"status": *"[A-Z_]*"' <<<"$out" | sed 's/.*"\([A-Z_]*\)"$/\1/')
     printf '%s\n' "${out:-UNKNOWN}"

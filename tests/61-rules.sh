@@ -26,7 +26,7 @@ expect_code "CreateRule with a path that is not a JSON Pointer is InvalidArgumen
   "$(jq -nc --arg t "$RULE_TYPE" '{name: "x", eventType: $t, path: "amount", comparator: "COMPARATOR_GT", threshold: 1}')"
 expect_code "an ordering rule with an object threshold is InvalidArgument" InvalidArgument "$ADMIN_ADDR" "$ADMIN/CreateRule" \
   "$(rule_json x COMPARATOR_GT '{"a":1}')"
-expect_code "an https webhook is InvalidArgument (no TLS in this build)" InvalidArgument "$ADMIN_ADDR" "$ADMIN/CreateRule" \
+expect_code "an https webhook is InvalidArgument (webhooks are http:// only)" InvalidArgument "$ADMIN_ADDR" "$ADMIN/CreateRule" \
   "$(rule_json x COMPARATOR_GT 1 https://example.invalid/hook)"
 
 # A real webhook receiver on a free loopback port, recording each POST body.

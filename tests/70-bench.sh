@@ -43,7 +43,11 @@ BENCH_RATES='[
   (.scenarios.payload.shapes[] | "payload \(.payload)" as $r
     | {p: "\($r) ns_per_event", v: .ns_per_event},
       {p: "\($r) baseline ns_per_event", v: .baseline.ns_per_event},
-      {p: "\($r) ratio", v: .ratio})]'
+      {p: "\($r) ratio", v: .ratio}),
+  (.scenarios.security.runs[] | "security \(.path)" as $r
+    | (.variants[] | {p: "\($r) \(.path) events_per_s", v: .events_per_s}),
+      {p: "\($r) key_ratio", v: .key_ratio},
+      {p: "\($r) key_tls_ratio", v: .key_tls_ratio})]'
 # Every object under the query scenario that has a p50_ms (each query and
 # its baseline, per size), as {p: where, v: the object}.
 BENCH_QUERY_LATENCIES='[.scenarios.query | paths(objects | has("p50_ms")) as $p
@@ -92,6 +96,12 @@ else
     "$BENCH_RATES | .[] | select(((.v | type) == \"number\" and .v > 0) | not) | \"\(.p) = \(.v)\""
   bench_json "payload: two payload shapes measured, ours and the prost + serde_json baseline" \
     '(.scenarios.payload.shapes | length) == 2' '.scenarios.payload'
+  bench_json "security: PublishBatch x1 and x1000, each plain, key and key+TLS, every event sent acknowledged" \
+    '[.scenarios.security.runs[] | .path as $p | .variants[]
+        | select(.sent > 0 and .acked == .sent and .errors == 0) | "\($p) \(.path)"]
+      == ["PublishBatch x1 plain", "PublishBatch x1 key", "PublishBatch x1 key+TLS",
+          "PublishBatch x1000 plain", "PublishBatch x1000 key", "PublishBatch x1000 key+TLS"]' \
+    '.scenarios.security.runs[]? | .path as $p | .variants[]? | "\($p) \(.path): sent \(.sent), acked \(.acked), errors \(.errors), first \(.first_error)"'
   bench_json "persist: rows == events > 0" \
     '.scenarios.persist | .events > 0 and .rows == .events' '.scenarios.persist | {events, rows}'
   bench_json "e2e: every event persisted (persisted == events > 0)" \

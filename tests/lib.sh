@@ -130,8 +130,16 @@ JQ_DEFS='def ts: capture("^(?<s>[^.Z]+)(\\.(?<f>[0-9]+))?Z$") | ((.s + "Z") | fr
 
 # ---------------------------------------------------------------- grpcurl
 
-# gc ARGS...: grpcurl with -plaintext -emit-defaults always.
-gc() { "$TB_GRPCURL" -plaintext -emit-defaults "$@"; }
+# gc ARGS...: grpcurl with -emit-defaults always, and GC_FLAGS (how to reach
+# the services: -plaintext, or the TLS flags of a --secure deployment) and
+# GC_KEY (an API key sent as "authorization: Bearer ..." when set).
+GC_FLAGS=(-plaintext)
+GC_KEY=""
+gc() {
+  local auth=()
+  [[ -n "$GC_KEY" ]] && auth=(-H "authorization: Bearer $GC_KEY")
+  "$TB_GRPCURL" "${GC_FLAGS[@]}" "${auth[@]}" -emit-defaults "$@"
+}
 
 # gcall ADDR METHOD [JSON]: calls and sets GC_OUT (stdout), GC_ERR (stderr),
 # GC_RC (grpcurl's exit status: 0, or 64 + the gRPC status code). JSON "@"
@@ -190,6 +198,42 @@ expect_code() {
   fi
 }
 
+# ---------------------------------------------------------------- exit traps
+
+# push_exit_trap PREFIX HANDLER: keeps the EXIT, INT and TERM traps found in
+# PREFIX_EXIT, PREFIX_INT and PREFIX_TERM, and sets HANDLER as the EXIT trap
+# (INT and TERM exit through it). HANDLER ends with
+# `run_prev_exit_trap PREFIX "$rc"; exit "$rc"`, so the trap found (e.g.
+# test-system.sh's) still runs; pop_exit_trap PREFIX puts the traps back.
+push_exit_trap() {
+  local prefix=$1 handler=$2 prev
+  prev=$(trap -p EXIT)
+  prev=${prev#"trap -- '"}
+  prev=${prev%"' EXIT"}
+  printf -v "${prefix}_EXIT" '%s' "$prev"
+  printf -v "${prefix}_INT" '%s' "$(trap -p INT)"
+  printf -v "${prefix}_TERM" '%s' "$(trap -p TERM)"
+  # shellcheck disable=SC2064 # the handler's name is fixed now
+  trap "$handler" EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+# run_prev_exit_trap PREFIX RC: runs the EXIT trap push_exit_trap kept, with
+# $? set to RC.
+run_prev_exit_trap() {
+  local prev="${1}_EXIT"
+  if [[ -n "${!prev}" ]]; then
+    (exit "$2")
+    eval "${!prev}"
+  fi
+}
+pop_exit_trap() {
+  local exit_var="${1}_EXIT" int_var="${1}_INT" term_var="${1}_TERM"
+  if [[ -n "${!exit_var}" ]]; then trap -- "${!exit_var}" EXIT; else trap - EXIT; fi
+  if [[ -n "${!int_var}" ]]; then eval "${!int_var}"; else trap - INT; fi
+  if [[ -n "${!term_var}" ]]; then eval "${!term_var}"; else trap - TERM; fi
+}
+
 # ---------------------------------------------------------------- processor guard
 
 # processor_running: ./deploy.sh status says the processor runs. (Its exit
@@ -204,14 +248,7 @@ processor_running() {
 # one already set, e.g. test-system.sh's) starts the processor again should the
 # area be cut short while it is stopped; INT and TERM exit through it.
 guard_processor() {
-  TB_GUARD_PREV_EXIT=$(trap -p EXIT)
-  TB_GUARD_PREV_EXIT=${TB_GUARD_PREV_EXIT#"trap -- '"}
-  TB_GUARD_PREV_EXIT=${TB_GUARD_PREV_EXIT%"' EXIT"}
-  TB_GUARD_PREV_INT=$(trap -p INT)
-  TB_GUARD_PREV_TERM=$(trap -p TERM)
-  trap guard_processor_on_exit EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  push_exit_trap TB_GUARD_PREV guard_processor_on_exit
 }
 guard_processor_on_exit() {
   local rc=$?
@@ -219,17 +256,12 @@ guard_processor_on_exit() {
     printf 'starting the processor this area stopped\n' >&2
     ./deploy.sh start processor >&2
   fi
-  if [[ -n "$TB_GUARD_PREV_EXIT" ]]; then
-    (exit "$rc")
-    eval "$TB_GUARD_PREV_EXIT"
-  fi
+  run_prev_exit_trap TB_GUARD_PREV "$rc"
   exit "$rc"
 }
 # unguard_processor: puts back the traps guard_processor found.
 unguard_processor() {
-  if [[ -n "$TB_GUARD_PREV_EXIT" ]]; then trap -- "$TB_GUARD_PREV_EXIT" EXIT; else trap - EXIT; fi
-  if [[ -n "$TB_GUARD_PREV_INT" ]]; then eval "$TB_GUARD_PREV_INT"; else trap - INT; fi
-  if [[ -n "$TB_GUARD_PREV_TERM" ]]; then eval "$TB_GUARD_PREV_TERM"; else trap - TERM; fi
+  pop_exit_trap TB_GUARD_PREV
 }
 
 # ---------------------------------------------------------------- polling

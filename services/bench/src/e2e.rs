@@ -10,20 +10,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 use tributary_proto::v1::ingest_service_client::IngestServiceClient;
 use tributary_proto::v1::query_service_client::QueryServiceClient;
 use tributary_proto::v1::{GetEventRequest, PublishBatchRequest};
 
-use crate::ingest::{Limit, Mode, channel};
+use crate::conn::Connection;
+use crate::ingest::{Limit, Mode};
 use crate::persist::{stored, wait_drained};
 use crate::stats::{Samples, Table, round3, thousands};
 use crate::topic::{self, EVENTS_TOPIC, Offsets};
 use crate::{Checks, Options, data, procs};
 
 async fn ends(options: &Options) -> anyhow::Result<Vec<(i32, i64)>> {
-    let brokers = options.brokers.clone();
-    topic::blocking(move || Offsets::new(&brokers, "tributary-bench")?.ends(EVENTS_TOPIC)).await
+    let kafka = options.kafka();
+    topic::blocking(move || Offsets::new(&kafka, "tributary-bench")?.ends(EVENTS_TOPIC)).await
 }
 
 /// The events topic's end offsets now (for the scenarios' offset ranges).
@@ -33,7 +33,7 @@ pub async fn topic_ends(options: &Options) -> anyhow::Result<Vec<(i32, i64)>> {
 
 /// Sends one batch; answers the events acknowledged and the first event's id.
 async fn send_batch(
-    client: &mut IngestServiceClient<Channel>,
+    client: &mut IngestServiceClient<Connection>,
     prefix: &str,
     first: u64,
     batch: usize,
@@ -57,7 +57,7 @@ async fn send_batch(
 /// figure is within 5% and, unlike a fixed 2 ms poll, the probes do not load
 /// the query service and PostgreSQL the more the longer events take.
 async fn probe(
-    mut query: QueryServiceClient<Channel>,
+    mut query: QueryServiceClient<Connection>,
     id: String,
     acked: Instant,
 ) -> Option<Duration> {
@@ -102,7 +102,7 @@ pub async fn run(
     let db = crate::connect(&options.database_url).await?;
     let mut channels = Vec::new();
     for _ in 0..options.clients {
-        channels.push(channel(&options.ingest).await?);
+        channels.push(options.ingest_connection().await?);
     }
     let batch = if options.quick { 10 } else { 100 };
 
@@ -164,7 +164,7 @@ pub async fn run(
     let before = deployment.snapshot();
     let visible = Arc::new(Mutex::new(Samples::new()));
     let lost_probes = Arc::new(Mutex::new(0u64));
-    let query_channel = channel(&options.query).await?;
+    let query_channel = options.query_connection().await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, ch) in channels.iter().enumerate() {

@@ -11,15 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
 use tributary_proto::v1::ingest_service_client::IngestServiceClient;
 use tributary_proto::v1::{PublishBatchRequest, PublishRequest};
 
+use crate::conn::Connection;
 use crate::data;
 use crate::procs::{self, Deployment};
 use crate::stats::{Samples, Table, ratio, round3, thousands};
@@ -44,14 +43,14 @@ impl Mode {
         }
     }
 
-    fn batch(self) -> usize {
+    pub fn batch(self) -> usize {
         match self {
             Mode::Batch(n) => n,
             Mode::Stream => 0,
         }
     }
 
-    fn label(self) -> String {
+    pub fn label(self) -> String {
         match self {
             Mode::Batch(n) => format!("PublishBatch x{n}"),
             Mode::Stream => "PublishStream".into(),
@@ -110,7 +109,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn merge(&mut self, other: Outcome) {
+    pub fn merge(&mut self, other: Outcome) {
         self.sent += other.sent;
         self.acked += other.acked;
         self.errors += other.errors;
@@ -120,14 +119,14 @@ impl Outcome {
         }
     }
 
-    fn error(&mut self, n: u64, why: String) {
+    pub fn error(&mut self, n: u64, why: String) {
         self.errors += n;
         if self.first_error.is_none() {
             self.first_error = Some(why);
         }
     }
 
-    fn report(&mut self, path: &str, seconds: f64) -> Value {
+    pub fn report(&mut self, path: &str, seconds: f64) -> Value {
         json!({
             "path": path,
             "sent": self.sent,
@@ -142,17 +141,13 @@ impl Outcome {
     }
 }
 
-pub async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("bad address {url}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))
-}
-
 /// One ingest client through `PublishBatch`.
-async fn ours_batch(channel: Channel, prefix: String, batch: usize, limit: Limit) -> Outcome {
+pub async fn ours_batch(
+    channel: Connection,
+    prefix: String,
+    batch: usize,
+    limit: Limit,
+) -> Outcome {
     let mut client = IngestServiceClient::new(channel);
     let mut out = Outcome::default();
     let mut n = 0u64;
@@ -195,7 +190,7 @@ async fn ours_batch(channel: Channel, prefix: String, batch: usize, limit: Limit
 
 /// One ingest client through `PublishStream`, at most `STREAM_WINDOW` events
 /// unacknowledged; latency is per event, send to result.
-async fn ours_stream(channel: Channel, prefix: String, limit: Limit) -> Outcome {
+async fn ours_stream(channel: Connection, prefix: String, limit: Limit) -> Outcome {
     let mut client = IngestServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(STREAM_WINDOW);
     let window = Arc::new(Semaphore::new(STREAM_WINDOW));
@@ -278,9 +273,9 @@ fn tokio_stream_from(
 
 /// The baseline producer: ingest's settings (idempotent, acks=all, linger 2
 /// ms, same queue bound), no gRPC, no validation.
-pub fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub fn raw_producer(kafka: &tributary_kafka::KafkaArgs) -> anyhow::Result<FutureProducer> {
+    kafka
+        .client_config()?
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("allow.auto.create.topics", "false")
@@ -405,14 +400,13 @@ pub async fn run(
     run_id: &str,
 ) -> anyhow::Result<(Value, u64)> {
     let deployment = options.deployment();
-    let brokers = options.brokers.clone();
+    let kafka = options.kafka();
     let partitions = crate::topic::blocking(move || {
-        crate::topic::Offsets::new(&brokers, "tributary-bench")?
+        crate::topic::Offsets::new(&kafka, "tributary-bench")?
             .partitions(crate::topic::EVENTS_TOPIC)
     })
     .await?;
-    let admin =
-        tributary_kafka::admin::client(&tributary_kafka::KafkaArgs::for_brokers(&options.brokers))?;
+    let admin = tributary_kafka::admin::client(&options.kafka())?;
     tributary_kafka::admin::ensure_topic(
         &admin,
         RAW_TOPIC,
@@ -421,10 +415,10 @@ pub async fn run(
         Duration::from_secs(10),
     )
     .await?;
-    let producer = raw_producer(&options.brokers)?;
+    let producer = raw_producer(&options.kafka())?;
     let mut channels = Vec::new();
     for _ in 0..options.clients {
-        channels.push(channel(&options.ingest).await?);
+        channels.push(options.ingest_connection().await?);
     }
 
     let mut runs = Vec::new();

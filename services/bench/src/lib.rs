@@ -4,6 +4,7 @@
 //! holds on a noisy machine, and reports the CPU split between the bench
 //! client, the services, the broker and PostgreSQL.
 
+pub mod conn;
 pub mod data;
 pub mod e2e;
 pub mod ingest;
@@ -11,6 +12,7 @@ pub mod payload;
 pub mod persist;
 pub mod procs;
 pub mod query;
+pub mod security;
 pub mod stats;
 pub mod topic;
 
@@ -30,13 +32,14 @@ pub struct Options {
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run, comma-separated: payload, ingest, persist, e2e,
-    /// query (footprint is measured during e2e; persist loads its events
-    /// with the ingest scenario, so it runs that too; payload runs in
-    /// process and needs no deployment).
+    /// query, security (footprint is measured during e2e; persist loads its
+    /// events with the ingest scenario, so it runs that too; payload runs in
+    /// process and needs no deployment; security starts ingests of its own:
+    /// what API keys and TLS cost per call).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "payload,ingest,persist,e2e,query"
+        default_value = "payload,ingest,persist,e2e,query,security"
     )]
     pub scenarios: Vec<String>,
     /// Where the JSON report goes.
@@ -58,12 +61,34 @@ pub struct Options {
     pub query: String,
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// The deployment's database.
+    /// The deployment's database (libpq's sslmode honoured).
     #[arg(
         long,
-        default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary"
+        env = "TRIBUTARY_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:55432/tributary",
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub database_url: String,
+    /// TLS to the deployment's gRPC ports (when they serve it).
+    #[command(flatten)]
+    pub tls: tributary_platform::tls::ClientTlsArgs,
+    /// The API key every call carries (`authorization: Bearer …`) when the
+    /// deployment checks keys; it needs ingest:write and query:read.
+    #[arg(long, env = "TRIBUTARY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// librdkafka settings of the bench's own Kafka clients, as the services
+    /// take them (security.protocol=SASL_SSL, sasl.mechanism, ...).
+    #[arg(
+        long = "kafka-option",
+        env = "TRIBUTARY_KAFKA_OPTIONS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<String>,
+    /// The SASL password of those clients.
+    #[arg(long, env = "TRIBUTARY_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
     /// Concurrent clients (each its own connection).
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
@@ -110,6 +135,34 @@ impl Options {
     pub fn query_requests(&self) -> usize {
         self.query_requests
             .unwrap_or(if self.quick { 20 } else { 1000 })
+    }
+
+    /// The broker with the bench's client settings.
+    pub fn kafka(&self) -> tributary_kafka::KafkaArgs {
+        let mut kafka = tributary_kafka::KafkaArgs::for_brokers(&self.brokers);
+        kafka.kafka_options = self.kafka_options.clone();
+        kafka.kafka_sasl_password = self.kafka_sasl_password.clone();
+        kafka
+    }
+
+    /// A connection to the deployment's ingest.
+    pub async fn ingest_connection(&self) -> anyhow::Result<conn::Connection> {
+        conn::connect(
+            &self.ingest,
+            &self.tls,
+            &conn::WithKey::new(self.api_key.as_deref())?,
+        )
+        .await
+    }
+
+    /// A connection to the deployment's query service.
+    pub async fn query_connection(&self) -> anyhow::Result<conn::Connection> {
+        conn::connect(
+            &self.query,
+            &self.tls,
+            &conn::WithKey::new(self.api_key.as_deref())?,
+        )
+        .await
     }
 
     pub fn deployment(&self) -> procs::Deployment {
@@ -165,9 +218,46 @@ pub async fn processor(options: &Options, action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The directory of the services' binaries (`--bin-dir`, else the bench's).
+pub fn bin_dir(options: &Options) -> anyhow::Result<PathBuf> {
+    match &options.bin_dir {
+        Some(d) => Ok(d.clone()),
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .context("the bench binary has no directory"),
+    }
+}
+
+/// A free TCP port on loopback (for a service the bench starts).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A service binary the bench starts for itself: none of the bench's own
+/// TRIBUTARY_* settings leak into it (the caller sets what it needs), logs
+/// at warn, no trace export, killed when dropped.
+pub fn service_command(binary: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRIBUTARY_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+        .env("TRIBUTARY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 /// A PostgreSQL connection (the connection task runs in the background).
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, connection) = tributary_store::tls::Connect::from_url(url)
+        .with_context(|| format!("the database URL {}", redact(url)))?
+        .connect()
         .await
         .with_context(|| format!("connecting to {}", redact(url)))?;
     tokio::spawn(async move {

@@ -1,13 +1,14 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::Parser as _;
 use serde_json::{Value, json};
-use tributary_bench::{Checks, Options, e2e, ingest, payload, persist, procs, query, topic};
+use tributary_bench::{
+    Checks, Options, e2e, ingest, payload, persist, procs, query, security, topic,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = Options::parse();
+    let options: Options = tributary_platform::config::parse();
     let mut checks = Checks::default();
     let mut report = json!({
         "tool": "tributary-bench",
@@ -113,6 +114,12 @@ async fn run(options: &Options, checks: &mut Checks, report: &mut Value) -> anyh
     }
     if options.wants("query") {
         report["scenarios"]["query"] = query::run(options, checks).await?;
+    }
+    if options.wants("security") {
+        tributary_bench::processor(options, "stop").await?;
+        let measured = security::run(options, checks, &run_id).await;
+        tributary_bench::processor(options, "start").await?;
+        report["scenarios"]["security"] = measured?;
     }
     Ok(())
 }

@@ -17,10 +17,10 @@ use crate::{Checks, Options, data, procs};
 
 /// Waits until the processor's group has consumed everything; answers when.
 pub async fn wait_drained(options: &Options, limit: Duration) -> anyhow::Result<Instant> {
-    let brokers = options.brokers.clone();
+    let kafka = options.kafka();
     let deadline = Instant::now() + limit;
     loop {
-        let b = brokers.clone();
+        let b = kafka.clone();
         let lag =
             topic::blocking(move || Offsets::new(&b, PROCESSOR_GROUP)?.lag(EVENTS_TOPIC)).await?;
         if lag == 0 {

@@ -139,6 +139,11 @@ pub fn cpu_line(cpu: &Value) -> String {
     parts.join(", ")
 }
 
+/// CPU seconds (user + system) a process has used so far (0 when gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    cpu_ticks(pid).map_or(0.0, |t| t as f64 / TICKS_PER_SECOND)
+}
+
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
@@ -173,7 +178,8 @@ fn children_of(parent: u32) -> Vec<u32> {
 }
 
 /// The broker's storage engine, read off its command line
-/// (`--storage-engine memory://...` or `postgres://...`).
+/// (`--storage-engine memory://...` or `postgres://...`) or its environment
+/// (`STORAGE_ENGINE`, where deploy.sh puts it: the URL holds a password).
 pub fn broker_engine(deployment: &Deployment) -> String {
     let Some(pid) = deployment.pid("broker") else {
         return "unknown (no local broker)".into();
@@ -192,6 +198,14 @@ pub fn broker_engine(deployment: &Deployment) -> String {
         .or_else(|| {
             args.iter()
                 .find(|a| a.starts_with("memory://") || a.starts_with("postgres://"))
+        })
+        .cloned()
+        .or_else(|| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            environ
+                .split(|&b| b == 0)
+                .find_map(|v| v.strip_prefix(b"STORAGE_ENGINE="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
         });
     match engine {
         Some(e) if e.starts_with("memory") => "memory".into(),

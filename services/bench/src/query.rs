@@ -6,14 +6,11 @@
 //! with COPY (indexes dropped during the load and built after it), and a
 //! query service of its own serves it on a free port.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 use tributary_proto::v1::query_service_client::QueryServiceClient;
 use tributary_proto::v1::{
     AggregateEventsRequest, Aggregation, BucketWidth, EventField, EventFilter as PbFilter, GroupBy,
@@ -21,8 +18,8 @@ use tributary_proto::v1::{
 };
 use tributary_store::events::{Cursor, EventFilter, list_events};
 
+use crate::conn::{Connection, plain};
 use crate::data::{self, QUERY_SPAN, QUERY_TYPES, QUERY_USERS, Rng};
-use crate::ingest::channel;
 use crate::stats::{Samples, Table, ratio, round3, thousands};
 use crate::{Checks, Options};
 
@@ -36,27 +33,23 @@ struct QueryProcess {
 }
 
 impl QueryProcess {
-    async fn start(binary: &PathBuf, database_url: &str) -> anyhow::Result<Self> {
-        let grpc = free_port()?;
-        let http = free_port()?;
-        let child = tokio::process::Command::new(binary)
+    async fn start(binary: &std::path::Path, database_url: &str) -> anyhow::Result<Self> {
+        let grpc = crate::free_port()?;
+        let http = crate::free_port()?;
+        let child = crate::service_command(binary)
             .env("TRIBUTARY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
             .env("TRIBUTARY_HTTP_ADDR", format!("127.0.0.1:{http}"))
             .env("TRIBUTARY_DATABASE_URL", database_url)
-            .env("TRIBUTARY_LOG", "warn")
             // A private instance on loopback: keys would only add noise here
-            // (the auth scenario measures them).
+            // (the security scenario measures them).
             .env("TRIBUTARY_AUTH", "off")
-            .env_remove("TRIBUTARY_OTLP_ENDPOINT")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let url = format!("http://127.0.0.1:{grpc}");
         let ready = crate::wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
             let url = url.clone();
             async move {
-                let ch = channel(&url).await.ok()?;
+                let ch = plain(&url).await.ok()?;
                 QueryServiceClient::new(ch)
                     .list_events(ListEventsRequest {
                         page_size: 1,
@@ -78,10 +71,6 @@ impl QueryProcess {
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A fresh bench database with the events schema.
@@ -198,7 +187,7 @@ fn ids(events: &[tributary_proto::v1::StoredEvent]) -> Vec<String> {
 }
 
 struct Shapes<'a> {
-    query: QueryServiceClient<Channel>,
+    query: QueryServiceClient<Connection>,
     db: &'a tributary_store::pool::Client,
     end: SystemTime,
     requests: usize,
@@ -456,14 +445,7 @@ impl Shapes<'_> {
 }
 
 pub async fn run(options: &Options, checks: &mut Checks) -> anyhow::Result<Value> {
-    let bin_dir = match &options.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .map(PathBuf::from)
-            .context("the bench binary has no directory")?,
-    };
-    let binary = bin_dir.join("tributary-query");
+    let binary = crate::bin_dir(options)?.join("tributary-query");
     let (url, pool) = fresh_database(options).await?;
     let db = crate::connect(&url).await?;
     let sql = pool.get().await.context("a bench database connection")?;
@@ -484,7 +466,7 @@ pub async fn run(options: &Options, checks: &mut Checks) -> anyhow::Result<Value
         println!("seeded {} rows in {seed_s:.1} s", thousands(rows as f64));
         let service = QueryProcess::start(&binary, &url).await?;
         let mut shapes = Shapes {
-            query: QueryServiceClient::new(channel(&service.url).await?),
+            query: QueryServiceClient::new(plain(&service.url).await?),
             db: &sql,
             end,
             requests: options.query_requests(),

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
@@ -20,9 +19,9 @@ pub struct Offsets {
 }
 
 impl Offsets {
-    pub fn new(brokers: &str, group: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    pub fn new(kafka: &tributary_kafka::KafkaArgs, group: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = kafka
+            .client_config()?
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
