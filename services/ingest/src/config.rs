@@ -40,7 +40,9 @@ pub struct Config {
     /// reading from it (backpressure).
     #[arg(long, env = "TRIBUTARY_STREAM_WINDOW", default_value_t = 2_000)]
     pub stream_window: usize,
-    /// How long an event may wait for the broker's ack before UNAVAILABLE.
+    /// How long an event may wait for the broker's ack before UNAVAILABLE
+    /// (sooner when the call's deadline is nearer, or the broker stops
+    /// answering its once-a-second probe: publishes are then refused at once).
     #[arg(long, env = "TRIBUTARY_PRODUCE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub produce_timeout: Duration,
     /// How long the producer waits to fill a batch.

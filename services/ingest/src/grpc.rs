@@ -2,16 +2,18 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt as _;
 use futures_util::future::join_all;
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 use tributary_kafka::producer::{ProduceError, Producer, Record};
+use tributary_platform::deadline::CallDeadline;
 use tributary_platform::status as pstatus;
 use tributary_platform::trace_context;
 use tributary_proto::v1::{
@@ -23,6 +25,7 @@ use tributary_proto::validate::{self, FieldViolation, MAX_BATCH_BYTES, MAX_BATCH
 use tributary_proto::wire::ingest_service_server::IngestService;
 use tributary_proto::wire::{self, Event, PublishBatchRequest, PublishRequest};
 
+use crate::broker::{BrokerHealth, RETRY_AFTER};
 use crate::metrics::{IngestMetrics, Rejection};
 
 /// Version of [`EventEnvelope`] this ingest writes.
@@ -39,6 +42,7 @@ pub struct IngestApi {
     pub instance: Arc<str>,
     pub schemas: tributary_store::schema_cache::SchemaCache,
     pub require_registered_types: bool,
+    pub broker: BrokerHealth,
 }
 
 /// An event ready to produce.
@@ -128,7 +132,17 @@ impl IngestApi {
     /// batch publish of the OpenTelemetry messaging conventions (each record
     /// still links back to it); a span and a `traceparent` per event would
     /// cost more CPU than the rest of ingest's work on it.
-    async fn produce(&self, batch: &[&Prepared]) -> Vec<Result<(), ProduceError>> {
+    ///
+    /// A record not acknowledged when the broker goes down, or shortly
+    /// before the call's `deadline`, is answered UNAVAILABLE with RetryInfo
+    /// then: it may still be stored (once; a retry with its event id is
+    /// safe), but the client learns now that it should retry, instead of
+    /// seeing DEADLINE_EXCEEDED.
+    async fn produce(
+        &self,
+        batch: &[&Prepared],
+        deadline: Option<Instant>,
+    ) -> Vec<Result<(), Status>> {
         if batch.is_empty() {
             // Nothing valid to publish: no span for it.
             return Vec::new();
@@ -160,13 +174,22 @@ impl IngestApi {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_bytes()))
                 .collect();
+            let cut = self.cut(deadline).shared();
             let delivered = join_all(batch.iter().map(|prepared| {
-                self.producer.send(Record {
+                let cut = cut.clone();
+                let send = self.producer.send(Record {
                     topic: &self.topic,
                     key: Some(prepared.key.as_bytes()),
                     value: &prepared.value,
                     headers: &headers,
-                })
+                });
+                async move {
+                    tokio::select! {
+                        biased;
+                        delivered = send => delivered.map_err(Failure::Produce),
+                        status = cut => Err(Failure::Cut(status)),
+                    }
+                }
             }))
             .await;
             if let [Ok(one)] = delivered.as_slice() {
@@ -174,7 +197,7 @@ impl IngestApi {
                 span.record("messaging.kafka.destination.partition", one.partition);
                 span.record("messaging.kafka.message.offset", one.offset);
             }
-            delivered.into_iter().map(|d| d.map(|_| ())).collect()
+            self.answer(delivered)
         }
         .instrument(span)
         .await
@@ -192,29 +215,63 @@ impl IngestApi {
         Ok(())
     }
 
-    fn produce_status(&self, e: &ProduceError) -> Status {
-        match e {
-            ProduceError::Unavailable(_) => {
-                self.metrics.rejected(Rejection::Unavailable, 1);
-                pstatus::unavailable("broker did not acknowledge the event", e)
-            }
-            ProduceError::QueueFull => {
-                self.metrics.rejected(Rejection::Overloaded, 1);
-                Status::resource_exhausted("producer queue full; retry with backoff")
-            }
-            ProduceError::Rejected(_) => {
-                self.metrics.rejected(Rejection::BrokerRejected, 1);
-                pstatus::internal("broker rejected the event", e)
+    /// Resolves (with the answer for the records still waiting) when the
+    /// broker goes down or the call's deadline is near.
+    fn cut(&self, deadline: Option<Instant>) -> impl Future<Output = Status> + use<> {
+        let broker = self.broker.clone();
+        async move {
+            let answer_by = deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                d.checked_sub(DEADLINE_MARGIN.min(left / 10)).unwrap_or(d)
+            });
+            tokio::select! {
+                why = broker.went_down() => crate::broker::refused(&why),
+                () = sleep_until(answer_by) => pstatus::unavailable_retry(
+                    "the broker did not acknowledge the event before the call's deadline; \
+                     retry (with the same event_id: it may have been stored, and is stored once)",
+                    RETRY_AFTER,
+                ),
             }
         }
     }
 
+    /// Each record's status; failures counted, and logged once per publish.
+    fn answer(
+        &self,
+        delivered: Vec<Result<tributary_kafka::producer::Delivered, Failure>>,
+    ) -> Vec<Result<(), Status>> {
+        let mut first: Option<String> = None;
+        let mut failed = 0usize;
+        let answers = delivered
+            .into_iter()
+            .map(|d| {
+                d.map(|_| ()).map_err(|f| {
+                    failed += 1;
+                    let (rejection, status) = match f {
+                        Failure::Cut(status) => (Rejection::Unavailable, status),
+                        Failure::Produce(e) => produce_status(&e),
+                    };
+                    self.metrics.rejected(rejection, 1);
+                    first.get_or_insert_with(|| format!("{}: {}", status.code(), status.message()));
+                    status
+                })
+            })
+            .collect();
+        if let Some(first) = first {
+            tracing::warn!(failed, first = %first, "events of a publish were not acknowledged");
+        }
+        answers
+    }
+
     fn shed(&self, n: usize) -> Status {
         self.metrics.rejected(Rejection::Overloaded, n as u64);
-        Status::resource_exhausted(format!(
-            "ingest is at its in-flight limit ({} events); retry with backoff",
-            self.in_flight.available_permits()
-        ))
+        pstatus::resource_exhausted_retry(
+            format!(
+                "ingest is at its in-flight limit ({} events free, {n} asked); retry with backoff",
+                self.in_flight.available_permits()
+            ),
+            SHED_RETRY_AFTER,
+        )
     }
 
     fn try_reserve(&self, n: usize) -> Result<OwnedSemaphorePermit, Status> {
@@ -223,6 +280,61 @@ impl IngestApi {
             .clone()
             .try_acquire_many_owned(n32)
             .map_err(|_| self.shed(n))
+    }
+}
+
+/// How long before the call's deadline records still waiting for the broker
+/// are answered (at most a tenth of the time left).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+/// What a client shed at the in-flight limit is told to wait: acks free
+/// room within milliseconds.
+const SHED_RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// Why a record was not acknowledged.
+enum Failure {
+    Produce(ProduceError),
+    /// The broker went down, or the deadline came near, before its ack.
+    Cut(Status),
+}
+
+/// The status for a producer failure, and how it is counted: only a
+/// provably permanent refusal is not retryable, and even that is the
+/// deployment's fault, never INTERNAL.
+fn produce_status(e: &ProduceError) -> (Rejection, Status) {
+    match e {
+        ProduceError::Unavailable(e) => (
+            Rejection::Unavailable,
+            pstatus::unavailable_retry(
+                format!(
+                    "the broker did not acknowledge the event ({e}); retry \
+                     (with the same event_id: it may have been stored, and is stored once)"
+                ),
+                RETRY_AFTER,
+            ),
+        ),
+        ProduceError::QueueFull => (
+            Rejection::Overloaded,
+            pstatus::resource_exhausted_retry(
+                "producer queue full; retry with backoff",
+                RETRY_AFTER,
+            ),
+        ),
+        ProduceError::Rejected(e) => (
+            Rejection::BrokerRejected,
+            Status::failed_precondition(format!(
+                "the broker refuses the event ({e}); retrying cannot help until the deployment's \
+                 broker settings are fixed"
+            )),
+        ),
+    }
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -245,8 +357,14 @@ impl IngestApi {
         events: Vec<Event>,
         field: impl Fn(usize) -> String,
         received_at: SystemTime,
+        deadline: Option<Instant>,
     ) -> Result<Vec<Outcome>, Status> {
         self.registry_gate()?;
+        if let Err(status) = self.broker.check().await {
+            self.metrics
+                .rejected(Rejection::Unavailable, events.len() as u64);
+            return Err(status);
+        }
         let trace_id = trace_context::current_trace_id();
         // A rejected event's result still names it, when the client named it.
         let prepared: Vec<Result<Prepared, (String, Status)>> = events
@@ -268,15 +386,14 @@ impl IngestApi {
         };
 
         // The valid events' outcomes, merged back between the invalid ones'.
-        let mut produced = self.produce(&valid).await.into_iter();
+        let mut produced = self.produce(&valid, deadline).await.into_iter();
         let outcomes: Vec<Outcome> = prepared
             .into_iter()
             .map(|p| match p {
                 Ok(p) => Outcome {
                     result: produced
                         .next()
-                        .unwrap_or(Err(ProduceError::QueueFull))
-                        .map_err(|e| self.produce_status(&e)),
+                        .unwrap_or_else(|| Err(Status::internal("no outcome for the event"))),
                     event_id: p.event_id,
                 },
                 Err((event_id, status)) => Outcome {
@@ -324,6 +441,7 @@ impl IngestApi {
                     events,
                     |k| format!("stream[{}].event", indexes[k]),
                     received_at,
+                    None,
                 )
                 .await
             {
@@ -370,6 +488,7 @@ impl IngestService for IngestApi {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let received_at = SystemTime::now();
+        let deadline = CallDeadline::of(&request);
         let Some(event) = request.into_inner().event else {
             self.metrics.rejected(Rejection::Invalid, 1);
             return Err(pstatus::invalid_argument(&[FieldViolation {
@@ -378,7 +497,7 @@ impl IngestService for IngestApi {
             }]));
         };
         let outcome = self
-            .publish_events(vec![event], |_| "event".to_owned(), received_at)
+            .publish_events(vec![event], |_| "event".to_owned(), received_at, deadline)
             .await?
             .pop()
             .ok_or_else(|| Status::internal("no outcome for the event"))?;
@@ -393,6 +512,7 @@ impl IngestService for IngestApi {
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
         let received_at = SystemTime::now();
+        let deadline = CallDeadline::of(&request);
         self.registry_gate()?;
         let request = request.into_inner();
         let mut too_big = Vec::new();
@@ -420,19 +540,24 @@ impl IngestService for IngestApi {
 
         let n = request.events.len();
         let outcomes = self
-            .publish_events(request.events, |i| format!("events[{i}]"), received_at)
+            .publish_events(
+                request.events,
+                |i| format!("events[{i}]"),
+                received_at,
+                deadline,
+            )
             .await?;
         let accepted = outcomes.iter().filter(|o| o.result.is_ok()).count();
-        let unavailable = outcomes
-            .iter()
-            .filter(|o| matches!(&o.result, Err(s) if s.code() == tonic::Code::Unavailable))
-            .count();
+        let unavailable = outcomes.iter().find_map(|o| match &o.result {
+            Err(s) if s.code() == tonic::Code::Unavailable => Some(s),
+            _ => None,
+        });
         // Nothing was acknowledged and the broker is why: fail the call, so a
-        // client retries it whole (nothing of it was stored, so no duplicates).
-        if accepted == 0 && unavailable > 0 {
-            return Err(Status::unavailable(
-                "broker did not acknowledge the batch; retry with backoff",
-            ));
+        // client retries it whole (with its event ids, no event is stored twice).
+        if accepted == 0
+            && let Some(status) = unavailable
+        {
+            return Err(status.clone());
         }
         let results: Vec<PublishResult> = outcomes
             .into_iter()

@@ -1,13 +1,13 @@
 //! The ingest service: validates events, assigns ids, produces them to Kafka
 //! and answers only after the broker acknowledged them.
 
+mod broker;
 mod config;
 mod grpc;
 mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::sync::Semaphore;
@@ -32,6 +32,9 @@ pub struct Ingest {
     api: grpc::IngestApi,
     pool: tributary_store::Pool,
     schemas: tributary_store::schema_cache::SchemaCache,
+    broker: broker::BrokerHealth,
+    /// Stops the broker probe when the service is dropped.
+    _probe: tokio_util::sync::DropGuard,
 }
 
 impl Ingest {
@@ -53,7 +56,14 @@ impl Ingest {
         let pool = tributary_store::pool::build(&pool_config)?;
         tributary_store::pool::register_metrics(&registry, &pool)?;
         let schemas = tributary_store::schema_cache::SchemaCache::default();
+        let probe = tokio_util::sync::CancellationToken::new();
+        let broker = broker::BrokerHealth::probe(
+            producer.clone(),
+            config.kafka.topic.clone(),
+            probe.clone(),
+        );
         let api = grpc::IngestApi {
+            broker: broker.clone(),
             schemas: schemas.clone(),
             require_registered_types: config.require_registered_types,
             producer: producer.clone(),
@@ -72,6 +82,8 @@ impl Ingest {
             api,
             pool,
             schemas,
+            broker,
+            _probe: probe.drop_guard(),
         })
     }
 
@@ -96,12 +108,10 @@ impl Ingest {
             self.config.schema_refresh,
             token.clone().cancelled_owned(),
         ));
-        let topic = self.config.kafka.topic.clone();
-        let ready_producer = self.producer.clone();
+        let ready_broker = self.broker.clone();
         let ready_schemas = self.schemas.clone();
         let readiness: http::ReadinessCheck = Arc::new(move || {
-            let producer = ready_producer.clone();
-            let topic = topic.clone();
+            let broker = ready_broker.clone();
             let schemas = ready_schemas.clone();
             Box::pin(async move {
                 // Until the registry was read once, registered types could
@@ -111,11 +121,11 @@ impl Ingest {
                         "event-type schemas not loaded yet (PostgreSQL unreachable?)".into(),
                     );
                 }
-                producer
-                    .check_topic(&topic, Duration::from_secs(2))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                // The probe's last answer: what publishes are refused by.
+                match broker.down() {
+                    None => Ok(()),
+                    Some(why) => Err(format!("the broker does not answer: {why}")),
+                }
             })
         });
         let grace = self.config.shutdown.shutdown_grace;

@@ -34,36 +34,65 @@ impl Default for ProducerSettings {
 /// Why a record was not acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
-    /// The broker could not be reached or did not ack in time: retryable.
+    /// The broker could not be reached, did not ack in time, or failed in a
+    /// way not known to be permanent (its storage down, a leader moving, an
+    /// error it does not name): retryable. A retry with the same event id is
+    /// always safe: the record may still be stored, and is stored once.
     #[error("broker unavailable: {0}")]
     Unavailable(RdError),
     /// The local queue is full: shed load, retryable.
     #[error("producer queue full")]
     QueueFull,
-    /// The broker refused the record (too large, unknown topic, ...).
+    /// The broker refused the record for a reason a retry cannot change: it
+    /// is larger than the broker takes, or the deployment's topic or
+    /// credentials are wrong ([`Self::too_large`] tells which).
     #[error("broker rejected the record: {0}")]
     Rejected(RdError),
 }
 
 impl ProduceError {
-    fn from_rd(e: RdError) -> Self {
+    /// Only errors that are provably permanent are `Rejected`; everything
+    /// else, including librdkafka's `Unknown` broker error, is `Unavailable`.
+    pub fn from_rd(e: RdError) -> Self {
         match e.rdkafka_error_code() {
             Some(RDKafkaErrorCode::QueueFull) => Self::QueueFull,
-            Some(
-                RDKafkaErrorCode::MessageTimedOut
-                | RDKafkaErrorCode::AllBrokersDown
-                | RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::RequestTimedOut
-                | RDKafkaErrorCode::NotEnoughReplicas
-                | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
-                | RDKafkaErrorCode::LeaderNotAvailable
-                | RDKafkaErrorCode::NotLeaderForPartition
-                | RDKafkaErrorCode::NetworkException
-                | RDKafkaErrorCode::Fatal,
-            ) => Self::Unavailable(e),
-            _ => Self::Rejected(e),
+            Some(code) if permanent(code) => Self::Rejected(e),
+            _ => Self::Unavailable(e),
         }
     }
+
+    /// The record is larger than the broker (or librdkafka) takes.
+    pub fn too_large(&self) -> bool {
+        matches!(self, Self::Rejected(e) if e.rdkafka_error_code().is_some_and(|c| matches!(
+            c,
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )))
+    }
+}
+
+/// Errors after which the same record can never be acknowledged without a
+/// change to it or to the deployment.
+fn permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+            | RDKafkaErrorCode::UnsupportedVersion
+            | RDKafkaErrorCode::UnsupportedCompressionType
+    )
 }
 
 /// A record to send.
@@ -201,3 +230,46 @@ impl Collector for QueueCollector {
 
 /// Shared, for the parts that hold a producer behind an `Arc`.
 pub type SharedProducer = Arc<Producer>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(code: RDKafkaErrorCode) -> &'static str {
+        match ProduceError::from_rd(RdError::MessageProduction(code)) {
+            ProduceError::Unavailable(_) => "unavailable",
+            ProduceError::QueueFull => "queue full",
+            ProduceError::Rejected(_) => "rejected",
+        }
+    }
+
+    #[test]
+    fn only_provably_permanent_errors_are_not_retryable() {
+        // What a broker whose storage is down answers (librdkafka's
+        // `Unknown`), and every transport or leadership failure: retryable.
+        for code in [
+            RDKafkaErrorCode::Unknown,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::KafkaStorageError,
+            RDKafkaErrorCode::InvalidMessage,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            RDKafkaErrorCode::Fatal,
+        ] {
+            assert_eq!(class(code), "unavailable", "{code:?}");
+        }
+        assert_eq!(class(RDKafkaErrorCode::QueueFull), "queue full");
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            assert_eq!(class(code), "rejected", "{code:?}");
+        }
+    }
+}

@@ -29,6 +29,20 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// When the call must have its answer: put in the request's extensions by
+/// [`DeadlineLayer`] for calls that have a deadline, so a handler that waits
+/// on a dependency can answer before it (UNAVAILABLE, say, rather than the
+/// client's DEADLINE_EXCEEDED).
+#[derive(Clone, Copy, Debug)]
+pub struct CallDeadline(pub tokio::time::Instant);
+
+impl CallDeadline {
+    /// The deadline of a call, if it has one.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<tokio::time::Instant> {
+        request.extensions().get::<Self>().map(|d| d.0)
+    }
+}
+
 #[derive(Clone)]
 pub struct DeadlineLayer {
     max: Option<Duration>,
@@ -78,7 +92,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let client = req
@@ -93,6 +107,8 @@ where
         let Some(limit) = limit else {
             return Box::pin(inner.call(req));
         };
+        req.extensions_mut()
+            .insert(CallDeadline(tokio::time::Instant::now() + limit));
         Box::pin(async move {
             match tokio::time::timeout(limit, inner.call(req)).await {
                 Ok(response) => response,

@@ -4,6 +4,8 @@
 //! Internal errors are logged once with their whole cause chain and answered
 //! with a sanitized message.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
@@ -73,6 +75,26 @@ pub fn internal(context: &str, error: &(dyn std::error::Error + 'static)) -> Sta
 pub fn unavailable(context: &str, error: &(dyn std::error::Error + 'static)) -> Status {
     tracing::warn!(error = %chain(error), "{context}");
     Status::unavailable(format!("{context}: {error}"))
+}
+
+/// UNAVAILABLE with `google.rpc.RetryInfo`: the dependency is expected
+/// back, and the client should try again after `after`.
+pub fn unavailable_retry(message: impl Into<String>, after: Duration) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_retry_info(Some(after)),
+    )
+}
+
+/// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo` (over a limit; come back
+/// after `after`).
+pub fn resource_exhausted_retry(message: impl Into<String>, after: Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(after)),
+    )
 }
 
 /// `outer: inner: innermost`.

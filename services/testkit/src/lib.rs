@@ -185,6 +185,25 @@ impl TestBroker {
         self.addr.to_string()
     }
 
+    /// Freezes the broker (SIGSTOP): its port stays open and nothing answers.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .context("cannot run kill")?;
+        anyhow::ensure!(status.success(), "kill -{name} failed: {status}");
+        Ok(())
+    }
+
     /// Kafka settings for this broker with per-test topic names.
     pub fn kafka_args(&self, suffix: &str) -> KafkaArgs {
         KafkaArgs {

@@ -293,25 +293,94 @@ async fn sheds_load_and_reports_an_unreachable_broker() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     t1.cancel();
 
-    // Nothing listens on this port: the ack never comes.
+    // Nothing listens on this port: the broker is known to be down, so calls
+    // under a 5 s deadline are refused at once (the producer's own timeout
+    // is left at its 10 s), UNAVAILABLE with RetryInfo, never held until
+    // DEADLINE_EXCEEDED.
     let mut nowhere = kafka.clone();
     nowhere.kafka_brokers = format!("127.0.0.1:{}", free_port().unwrap());
-    let (mut client, t2) = start(&db, &nowhere, &["--produce-timeout=1s"]).await;
+    let (mut client, t2) = start(&db, &nowhere, &[]).await;
     let status = client
-        .publish(PublishRequest {
+        .publish(with_deadline(PublishRequest {
             event: Some(event("a", "u")),
-        })
+        }))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_refused_for_the_broker(&status);
+    let asked = std::time::Instant::now();
     let status = client
-        .publish_batch(PublishBatchRequest {
+        .publish_batch(with_deadline(PublishBatchRequest {
             events: vec![event("a", "u"), event("b", "u")],
-        })
+        }))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_refused_for_the_broker(&status);
+    // Refused without waiting for the producer (a loose bound: the point is
+    // that it is far from the 5 s deadline, not how fast).
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
     t2.cancel();
+}
+
+/// A request with a 5 s deadline, as a careful client sends it.
+fn with_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(5));
+    request
+}
+
+/// UNAVAILABLE (retryable) with RetryInfo, for the broker's sake.
+fn assert_refused_for_the_broker(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("broker"), "{status:?}");
+    let retry = status.get_details_retry_info();
+    assert!(
+        retry.and_then(|r| r.retry_delay).is_some(),
+        "no RetryInfo: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_is_answered_unavailable_and_calls_resume_when_it_is_back() {
+    let (db, broker, kafka) = setup().await;
+    let (mut client, token) = start(&db, &kafka, &[]).await;
+    client
+        .publish(with_deadline(PublishRequest {
+            event: Some(event("a", "u")),
+        }))
+        .await
+        .unwrap();
+
+    broker.pause().unwrap();
+    // Calls made while it is frozen, whether or not the probe has noticed
+    // yet, end UNAVAILABLE with RetryInfo well before their 5 s deadline.
+    for _ in 0..3 {
+        let status = client
+            .publish_batch(with_deadline(PublishBatchRequest {
+                events: vec![event("a", "u"), event("b", "u")],
+            }))
+            .await
+            .unwrap_err();
+        assert_refused_for_the_broker(&status);
+    }
+    broker.resume().unwrap();
+    tributary_testkit::eventually(Duration::from_secs(20), "a publish is acked again", || {
+        let mut client = client.clone();
+        async move {
+            client
+                .publish(with_deadline(PublishRequest {
+                    event: Some(event("a", "u")),
+                }))
+                .await
+                .ok()
+        }
+    })
+    .await
+    .unwrap();
+    token.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,8 +33,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use prometheus::{IntCounterVec, Registry};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tonic::Status;
 use tower::{Layer, Service};
 use tributary_store::Pool;
 use tributary_store::api_keys::{self, ApiKeyRow};
@@ -460,13 +459,12 @@ impl Auth {
             return Err(denied(
                 key_id,
                 "rate_limited",
-                Status::with_error_details(
-                    Code::ResourceExhausted,
+                crate::status::resource_exhausted_retry(
                     format!(
                         "API key {key_id} is over its rate limit for {needed}; retry in {} ms",
                         wait.as_millis()
                     ),
-                    ErrorDetails::with_retry_info(Some(wait)),
+                    wait,
                 ),
             ));
         }
