@@ -53,13 +53,21 @@ pub fn kafka_status(context: &str, e: &KafkaError) -> Status {
     }
 }
 
-/// Runs a blocking Kafka call off the async threads.
+/// Runs a blocking Kafka call off the async threads. When the broker has
+/// not answered shortly before the call's deadline, the caller gets
+/// UNAVAILABLE with RetryInfo (the broker is why) instead of its own timeout;
+/// the blocking call finishes on its own, bounded by its Kafka timeouts.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
     context: &'static str,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| pstatus::internal(context, &e))?
-        .map_err(|e| kafka_status(context, &e))
+    tokio::select! {
+        done = tokio::task::spawn_blocking(f) => done
+            .map_err(|e| pstatus::internal(context, &e))?
+            .map_err(|e| kafka_status(context, &e)),
+        () = tributary_platform::deadline::until_answer_by() => Err(pstatus::unavailable_retry(
+            format!("{context}: the broker did not answer before the call's deadline; retry"),
+            std::time::Duration::from_secs(1),
+        )),
+    }
 }

@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod data;
 pub mod e2e;
+pub mod faults;
 pub mod ingest;
 pub mod payload;
 pub mod persist;
@@ -35,7 +36,9 @@ pub struct Options {
     /// query, security (footprint is measured during e2e; persist loads its
     /// events with the ingest scenario, so it runs that too; payload runs in
     /// process and needs no deployment; security starts ingests of its own:
-    /// what API keys and TLS cost per call).
+    /// what API keys and TLS cost per call). Not in the default set: faults
+    /// (kills and freezes each part of the deployment under load and checks
+    /// that nothing acknowledged is lost or doubled; see BENCHMARKS.md).
     #[arg(
         long,
         value_delimiter = ',',
@@ -59,6 +62,9 @@ pub struct Options {
     pub ingest: String,
     #[arg(long, default_value = "http://127.0.0.1:50052")]
     pub query: String,
+    /// Admin (the faults scenario's readers call it).
+    #[arg(long, default_value = "http://127.0.0.1:50053")]
+    pub admin: String,
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// The deployment's database (libpq's sslmode honoured).
@@ -206,14 +212,19 @@ impl Checks {
 
 /// Runs `deploy.sh stop|start processor`.
 pub async fn processor(options: &Options, action: &str) -> anyhow::Result<()> {
+    deploy(options, action, "processor").await
+}
+
+/// Runs `deploy.sh stop|start PART`.
+pub async fn deploy(options: &Options, action: &str, part: &str) -> anyhow::Result<()> {
     let status = tokio::process::Command::new(&options.deploy)
-        .args([action, "processor"])
+        .args([action, part])
         .stdout(std::process::Stdio::null())
         .status()
         .await
-        .with_context(|| format!("running {} {action} processor", options.deploy.display()))?;
+        .with_context(|| format!("running {} {action} {part}", options.deploy.display()))?;
     if !status.success() {
-        bail!("{} {action} processor: {status}", options.deploy.display());
+        bail!("{} {action} {part}: {status}", options.deploy.display());
     }
     Ok(())
 }

@@ -8,12 +8,11 @@ use futures_util::FutureExt as _;
 use futures_util::future::join_all;
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 use tributary_kafka::producer::{ProduceError, Producer, Record};
-use tributary_platform::deadline::CallDeadline;
+use tributary_platform::deadline;
 use tributary_platform::status as pstatus;
 use tributary_platform::trace_context;
 use tributary_proto::v1::{
@@ -138,11 +137,7 @@ impl IngestApi {
     /// then: it may still be stored (once; a retry with its event id is
     /// safe), but the client learns now that it should retry, instead of
     /// seeing DEADLINE_EXCEEDED.
-    async fn produce(
-        &self,
-        batch: &[&Prepared],
-        deadline: Option<Instant>,
-    ) -> Vec<Result<(), Status>> {
+    async fn produce(&self, batch: &[&Prepared]) -> Vec<Result<(), Status>> {
         if batch.is_empty() {
             // Nothing valid to publish: no span for it.
             return Vec::new();
@@ -174,7 +169,7 @@ impl IngestApi {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_bytes()))
                 .collect();
-            let cut = self.cut(deadline).shared();
+            let cut = self.cut().shared();
             let delivered = join_all(batch.iter().map(|prepared| {
                 let cut = cut.clone();
                 let send = self.producer.send(Record {
@@ -217,16 +212,13 @@ impl IngestApi {
 
     /// Resolves (with the answer for the records still waiting) when the
     /// broker goes down or the call's deadline is near.
-    fn cut(&self, deadline: Option<Instant>) -> impl Future<Output = Status> + use<> {
+    fn cut(&self) -> impl Future<Output = Status> + use<> {
         let broker = self.broker.clone();
+        // Polled in the call's task, where its deadline is known.
         async move {
-            let answer_by = deadline.map(|d| {
-                let left = d.saturating_duration_since(Instant::now());
-                d.checked_sub(DEADLINE_MARGIN.min(left / 10)).unwrap_or(d)
-            });
             tokio::select! {
                 why = broker.went_down() => crate::broker::refused(&why),
-                () = sleep_until(answer_by) => pstatus::unavailable_retry(
+                () = deadline::until_answer_by() => pstatus::unavailable_retry(
                     "the broker did not acknowledge the event before the call's deadline; \
                      retry (with the same event_id: it may have been stored, and is stored once)",
                     RETRY_AFTER,
@@ -283,10 +275,6 @@ impl IngestApi {
     }
 }
 
-/// How long before the call's deadline records still waiting for the broker
-/// are answered (at most a tenth of the time left).
-const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
-
 /// What a client shed at the in-flight limit is told to wait: acks free
 /// room within milliseconds.
 const SHED_RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -330,14 +318,6 @@ fn produce_status(e: &ProduceError) -> (Rejection, Status) {
     }
 }
 
-/// Sleeps until `at`; forever without one.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 type ResultStream = Pin<Box<dyn Stream<Item = Result<PublishResult, Status>> + Send>>;
 
 /// What became of one event of a publish: its id (assigned, or the client's
@@ -357,7 +337,6 @@ impl IngestApi {
         events: Vec<Event>,
         field: impl Fn(usize) -> String,
         received_at: SystemTime,
-        deadline: Option<Instant>,
     ) -> Result<Vec<Outcome>, Status> {
         self.registry_gate()?;
         if let Err(status) = self.broker.check().await {
@@ -386,7 +365,7 @@ impl IngestApi {
         };
 
         // The valid events' outcomes, merged back between the invalid ones'.
-        let mut produced = self.produce(&valid, deadline).await.into_iter();
+        let mut produced = self.produce(&valid).await.into_iter();
         let outcomes: Vec<Outcome> = prepared
             .into_iter()
             .map(|p| match p {
@@ -441,7 +420,6 @@ impl IngestApi {
                     events,
                     |k| format!("stream[{}].event", indexes[k]),
                     received_at,
-                    None,
                 )
                 .await
             {
@@ -488,7 +466,6 @@ impl IngestService for IngestApi {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let received_at = SystemTime::now();
-        let deadline = CallDeadline::of(&request);
         let Some(event) = request.into_inner().event else {
             self.metrics.rejected(Rejection::Invalid, 1);
             return Err(pstatus::invalid_argument(&[FieldViolation {
@@ -497,7 +474,7 @@ impl IngestService for IngestApi {
             }]));
         };
         let outcome = self
-            .publish_events(vec![event], |_| "event".to_owned(), received_at, deadline)
+            .publish_events(vec![event], |_| "event".to_owned(), received_at)
             .await?
             .pop()
             .ok_or_else(|| Status::internal("no outcome for the event"))?;
@@ -512,7 +489,6 @@ impl IngestService for IngestApi {
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
         let received_at = SystemTime::now();
-        let deadline = CallDeadline::of(&request);
         self.registry_gate()?;
         let request = request.into_inner();
         let mut too_big = Vec::new();
@@ -540,12 +516,7 @@ impl IngestService for IngestApi {
 
         let n = request.events.len();
         let outcomes = self
-            .publish_events(
-                request.events,
-                |i| format!("events[{i}]"),
-                received_at,
-                deadline,
-            )
+            .publish_events(request.events, |i| format!("events[{i}]"), received_at)
             .await?;
         let accepted = outcomes.iter().filter(|o| o.result.is_ok()).count();
         let unavailable = outcomes.iter().find_map(|o| match &o.result {

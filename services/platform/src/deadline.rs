@@ -29,17 +29,34 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// When the call must have its answer: put in the request's extensions by
-/// [`DeadlineLayer`] for calls that have a deadline, so a handler that waits
-/// on a dependency can answer before it (UNAVAILABLE, say, rather than the
-/// client's DEADLINE_EXCEEDED).
-#[derive(Clone, Copy, Debug)]
-pub struct CallDeadline(pub tokio::time::Instant);
+tokio::task_local! {
+    /// The deadline of the call being handled, set by [`DeadlineLayer`].
+    static DEADLINE: tokio::time::Instant;
+}
 
-impl CallDeadline {
-    /// The deadline of a call, if it has one.
-    pub fn of<T>(request: &tonic::Request<T>) -> Option<tokio::time::Instant> {
-        request.extensions().get::<Self>().map(|d| d.0)
+/// How long before its deadline a call that waits on a dependency answers
+/// (at most a tenth of the time left), so the client gets the server's
+/// reason (UNAVAILABLE: the broker did not answer) rather than its own
+/// timeout.
+const MARGIN: Duration = Duration::from_millis(250);
+
+/// When the call being handled (in this task) should have its answer: its
+/// deadline less a margin; `None` without a deadline (or outside a call).
+pub fn answer_by() -> Option<tokio::time::Instant> {
+    let deadline = DEADLINE.try_with(|d| *d).ok()?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    Some(
+        deadline
+            .checked_sub(MARGIN.min(left / 10))
+            .unwrap_or(deadline),
+    )
+}
+
+/// Sleeps until [`answer_by`]; forever without a deadline.
+pub async fn until_answer_by() {
+    match answer_by() {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -92,7 +109,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let client = req
@@ -107,10 +124,10 @@ where
         let Some(limit) = limit else {
             return Box::pin(inner.call(req));
         };
-        req.extensions_mut()
-            .insert(CallDeadline(tokio::time::Instant::now() + limit));
+        let deadline = tokio::time::Instant::now() + limit;
         Box::pin(async move {
-            match tokio::time::timeout(limit, inner.call(req)).await {
+            let call = DEADLINE.scope(deadline, inner.call(req));
+            match tokio::time::timeout_at(deadline, call).await {
                 Ok(response) => response,
                 Err(_) => Ok(Status::deadline_exceeded(format!(
                     "deadline of {} ms exceeded",
