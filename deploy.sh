@@ -9,9 +9,13 @@ source "$ROOT/scripts/lib.sh"
 
 SERVICES=(ingest processor query admin)
 # Started in this order, stopped in reverse.
-PARTS=(postgres broker tracesink "${SERVICES[@]}" prometheus)
+PARTS=(postgres broker tracesink "${SERVICES[@]}" alertsink alertmanager prometheus)
 TRACE_SINK_PORT=4317
 PROMETHEUS_PORT=9090
+ALERTMANAGER_PORT=9093
+ALERT_SINK_PORT=9095
+ALERT_FILE="$TB_LOG_DIR/alerts.jsonl"
+AM_CONFIG="$ROOT/observability/alertmanager/alertmanager.yml"
 TRACE_FILE="$TB_STATE_DIR/traces/spans.jsonl"
 PROM_CONFIG="$ROOT/observability/prometheus/prometheus.yml"
 BROKER_PORT=9092
@@ -32,7 +36,9 @@ Usage: ./deploy.sh [COMMAND] [OPTIONS]
 
 Runs Tributary on this machine: a PostgreSQL $TB_PG_MAJOR cluster, the nisshi
 Kafka-protocol broker, the ingest, processor, query and admin services, the
-trace sink (OTLP/gRPC, spans as JSON lines) and Prometheus (with the alert rules).
+trace sink (OTLP/gRPC, spans as JSON lines), Prometheus (with the alert rules)
+and Alertmanager, whose pager and ticket webhooks go to a local receiver that
+writes every notification to a file.
 
 Commands:
   up [--secure]    (the default) Install what is missing (apt packages, grpcurl,
@@ -51,7 +57,7 @@ Commands:
                    and wait until it is healthy.
   stop PART        Stop one part.
                    PART: ingest, processor, query, admin, broker, postgres,
-                   tracesink or prometheus.
+                   tracesink, alertsink, alertmanager or prometheus.
   k8s --env ENV    Install or upgrade the Helm chart charts/tributary on the
                    current kubectl context (ENV: dev, staging or prod):
                      helm upgrade --install tributary charts/tributary
@@ -124,6 +130,9 @@ Local endpoints (on TRIBUTARY_BIND_HOST):
   admin      gRPC :50053   HTTP :9604   (topics, groups, lag; exports the lag gauges)
   tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans to \$TRIBUTARY_STATE_DIR/traces/spans.jsonl
   prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all four, evaluates observability/prometheus/rules)
+  alertmanager http://127.0.0.1:$ALERTMANAGER_PORT (observability/alertmanager/alertmanager.yml)
+  alertsink  http://127.0.0.1:$ALERT_SINK_PORT/{pager,ticket}: Alertmanager's webhooks, one
+             JSON line per notification in \$TRIBUTARY_STATE_DIR/logs/alerts.jsonl
   broker     127.0.0.1:$BROKER_PORT (nisshi; storage engine: see --broker-engine)
   postgres   127.0.0.1:55432, user postgres, password postgres,
              databases tributary and nisshi (the broker's, postgres engine)
@@ -612,6 +621,58 @@ start_tracesink() {
   log_info "started the trace sink (pid $pid), spans in $TRACE_FILE"
 }
 
+# The local pager and ticket system: every notification Alertmanager sends
+# becomes a line of $ALERT_FILE (scripts/alert-receiver.py).
+start_alertsink() {
+  local pid log="$TB_LOG_DIR/alertsink.log"
+  if pid=$(pid_get alertsink); then
+    log_info "alert sink already running (pid $pid)"
+    return 0
+  fi
+  command -v python3 >/dev/null || die "python3 is not installed (apt-get install python3)"
+  port_open 127.0.0.1 "$ALERT_SINK_PORT" &&
+    die "port $ALERT_SINK_PORT (alert sink) is in use by a process this script did not start"
+  mkdir -p "$TB_LOG_DIR"
+  pid=$(pid_start alertsink "$log" "$(command -v python3)" "$ROOT/scripts/alert-receiver.py" \
+    --listen "127.0.0.1:$ALERT_SINK_PORT" --out "$ALERT_FILE")
+  wait_for_port 127.0.0.1 "$ALERT_SINK_PORT" 30 alertsink || {
+    log_tail "$log"
+    die "the alert sink did not start (pid $pid)"
+  }
+  log_info "started the alert sink (pid $pid), notifications in $ALERT_FILE"
+}
+
+start_alertmanager() {
+  local pid log="$TB_LOG_DIR/alertmanager.log" bin
+  if pid=$(pid_get alertmanager); then
+    log_info "alertmanager already running (pid $pid)"
+    return 0
+  fi
+  [[ -f "$AM_CONFIG" ]] || die "$AM_CONFIG is missing"
+  # Debian's package names the binary prometheus-alertmanager.
+  bin=$(command -v prometheus-alertmanager || command -v alertmanager) ||
+    die "alertmanager is not installed (apt-get install prometheus-alertmanager)"
+  port_open 127.0.0.1 "$ALERTMANAGER_PORT" &&
+    die "port $ALERTMANAGER_PORT (alertmanager) is in use by a process this script did not start"
+  mkdir -p "$TB_LOG_DIR" "$TB_STATE_DIR/alertmanager"
+  pid=$(pid_start alertmanager "$log" "$bin" \
+    --config.file="$AM_CONFIG" \
+    --storage.path="$TB_STATE_DIR/alertmanager" \
+    --web.listen-address="127.0.0.1:$ALERTMANAGER_PORT" \
+    --cluster.listen-address=)
+  local i
+  for ((i = 0; i < 60; i++)); do
+    [[ "$(http_status "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready")" == 200 ]] && break
+    pid_alive alertmanager || break
+    sleep 0.5
+  done
+  [[ "$(http_status "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready")" == 200 ]] || {
+    log_tail "$log"
+    die "alertmanager did not become ready (pid $pid)"
+  }
+  log_info "started alertmanager (pid $pid) on 127.0.0.1:$ALERTMANAGER_PORT"
+}
+
 start_prometheus() {
   local pid log="$TB_LOG_DIR/prometheus.log"
   if pid=$(pid_get prometheus); then
@@ -705,6 +766,28 @@ part_status() {
       printf 'stopped\t-\t%s\t-\n' "$addr"
       return 1
       ;;
+    alertsink)
+      addr="http://127.0.0.1:$ALERT_SINK_PORT"
+      if pid=$(pid_get alertsink); then
+        ready=$(http_status "$addr/-/healthy")
+        printf 'running\t%s\t%s\thealthy=%s\n' "$pid" "$addr" "$ready"
+        [[ "$ready" == 200 ]]
+        return
+      fi
+      printf 'stopped\t-\t%s\t-\n' "$addr"
+      return 1
+      ;;
+    alertmanager)
+      addr="http://127.0.0.1:$ALERTMANAGER_PORT"
+      if pid=$(pid_get alertmanager); then
+        ready=$(http_status "$addr/-/ready")
+        printf 'running\t%s\t%s\tready=%s\n' "$pid" "$addr" "$ready"
+        [[ "$ready" == 200 ]]
+        return
+      fi
+      printf 'stopped\t-\t%s\t-\n' "$addr"
+      return 1
+      ;;
     prometheus)
       addr="http://127.0.0.1:$PROMETHEUS_PORT"
       if pid=$(pid_get prometheus); then
@@ -738,20 +821,20 @@ cmd_status() {
   local porcelain=$1 part line rc=0 state pid addr health
   load_saved_cfg || true
   set_grpcurl_tls
-  [[ "$porcelain" == 1 ]] || printf '%-10s %-9s %-8s %-42s %s\n' PART STATE PID ADDRESS HEALTH
+  [[ "$porcelain" == 1 ]] || printf '%-12s %-9s %-8s %-42s %s\n' PART STATE PID ADDRESS HEALTH
   for part in "${PARTS[@]}"; do
     line=$(part_status "$part") || rc=1
     IFS=$'\t' read -r state pid addr health <<<"$line"
     if [[ "$porcelain" == 1 ]]; then
       printf '%s %s %s %s\n' "$part" "$state" "$pid" "$health"
     else
-      printf '%-10s %-9s %-8s %-42s %s\n' "$part" "$state" "$pid" "$addr" "$health"
+      printf '%-12s %-9s %-8s %-42s %s\n' "$part" "$state" "$pid" "$addr" "$health"
     fi
   done
   if [[ "$porcelain" != 1 ]]; then
     echo
     echo "options: $(cfg_summary)$([[ -f "$CFG_FILE" ]] || echo ' (defaults; nothing saved)')"
-    echo "logs:    $TB_LOG_DIR/{postgres,broker,migrate,tracesink,ingest,processor,query,admin,prometheus}.log"
+    echo "logs:    $TB_LOG_DIR/{postgres,broker,migrate,tracesink,ingest,processor,query,admin,alertsink,alertmanager,prometheus}.log"
   fi
   return "$rc"
 }
@@ -759,7 +842,7 @@ cmd_status() {
 anything_running() {
   local s
   pg_running && return 0
-  for s in broker tracesink "${SERVICES[@]}" prometheus; do
+  for s in broker tracesink "${SERVICES[@]}" alertsink alertmanager prometheus; do
     pid_alive "$s" && return 0
   done
   return 1
@@ -791,6 +874,7 @@ EOF
   echo "  migrate    log $TB_LOG_DIR/migrate.log"
   echo "  tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans in $TRACE_FILE"
   echo "  prometheus http://127.0.0.1:$PROMETHEUS_PORT (alerts: /alerts)   log $TB_LOG_DIR/prometheus.log"
+  echo "  alertmanager http://127.0.0.1:$ALERTMANAGER_PORT, notifications (pager, ticket) in $ALERT_FILE"
   if secure; then
     print_secure_examples
     return
@@ -936,6 +1020,12 @@ cmd_up() {
     curl -fsS -X POST "http://127.0.0.1:$PROMETHEUS_PORT/-/reload" >/dev/null ||
       log_warn "prometheus did not reload its configuration"
   fi
+  start_alertsink
+  if pid_alive alertmanager; then
+    curl -fsS -X POST "http://127.0.0.1:$ALERTMANAGER_PORT/-/reload" >/dev/null ||
+      log_warn "alertmanager did not reload its configuration"
+  fi
+  start_alertmanager
   start_prometheus
   print_summary
 }
@@ -945,6 +1035,8 @@ cmd_down() {
   load_saved_cfg || true
   local s failed=0
   pid_stop prometheus || failed=1
+  pid_stop alertmanager || failed=1
+  pid_stop alertsink || failed=1
   for s in "${SERVICES[@]}"; do
     pid_stop "$s" || failed=1
   done
@@ -980,6 +1072,8 @@ cmd_start() {
       ;;
     tracesink) start_tracesink ;;
     prometheus) start_prometheus ;;
+    alertmanager) start_alertmanager ;;
+    alertsink) start_alertsink ;;
     *)
       ensure_grpcurl
       svc_start "$part"

@@ -23,6 +23,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
+/// Every scenario's name (an unknown one is refused, never skipped).
+pub const SCENARIOS: [&str; 7] = [
+    "payload", "ingest", "persist", "e2e", "query", "security", "faults",
+];
+
 /// Benchmarks of the local deployment (`./deploy.sh up`): ingest, persist,
 /// end to end, query and footprint, each against a baseline in the same run.
 #[derive(Debug, Clone, clap::Parser)]
@@ -42,7 +47,8 @@ pub struct Options {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "payload,ingest,persist,e2e,query,security"
+        default_value = "payload,ingest,persist,e2e,query,security",
+        value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS)
     )]
     pub scenarios: Vec<String>,
     /// Where the JSON report goes.
