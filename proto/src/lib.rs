@@ -24,3 +24,6 @@ pub mod service_names {
 pub mod json;
 pub mod validate;
 pub mod wire;
+
+#[cfg(test)]
+mod testing;

@@ -136,8 +136,13 @@ fn check_occurred_at(ts: &Timestamp, now: SystemTime) -> Result<Timestamp, Strin
     if ts.seconds < 0 {
         return Err("must not be before 1970-01-01T00:00:00Z".into());
     }
-    let latest = Timestamp::from(now + MAX_FUTURE_SKEW);
-    if (ts.seconds, ts.nanos) > (latest.seconds, latest.nanos) {
+    // The processor judges at a record's received_at, which can be anything
+    // up to the end of SystemTime: past it, no timestamp is too late.
+    let too_late = now
+        .checked_add(MAX_FUTURE_SKEW)
+        .map(Timestamp::from)
+        .is_some_and(|latest| (ts.seconds, ts.nanos) > (latest.seconds, latest.nanos));
+    if too_late {
         return Err("must not be more than 1h in the future".into());
     }
     Ok(truncate_to_micros(ts))
@@ -276,6 +281,30 @@ mod tests {
     }
 
     #[test]
+    fn a_received_at_near_the_end_of_time_is_judged_without_overflow() {
+        // Found by the properties below: `now + 1h` panicked ("overflow when
+        // adding duration to instant") for a `now` within an hour of the end
+        // of SystemTime, and the processor judges a record at its
+        // received_at, which whoever writes to the topic chooses.
+        let now = SystemTime::try_from(Timestamp {
+            seconds: i64::MAX - 3599,
+            nanos: 0,
+        })
+        .unwrap();
+        let mut e = event("a");
+        e.occurred_at = Some(Timestamp {
+            seconds: 1_795_835_474,
+            nanos: 0,
+        });
+        assert!(validate_event(&e, "event", now).is_ok());
+        e.occurred_at = Some(Timestamp {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        });
+        assert!(validate_event(&e, "event", now).is_ok());
+    }
+
+    #[test]
     fn partition_key_prefers_user_then_session_then_id() {
         let mut e = event("a");
         e.event_id = "id".into();
@@ -284,5 +313,126 @@ mod tests {
         assert_eq!(partition_key(&e), "s");
         e.user_id = "u".into();
         assert_eq!(partition_key(&e), "u");
+    }
+
+    mod properties {
+        use proptest::option;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testing;
+
+        fn prefix() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("event".to_owned()),
+                (0..1000usize).prop_map(|i| format!("events[{i}]")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            /// Any event, judged at any time: accepted exactly when README's
+            /// rules allow it (with the payload's JSON text and occurred_at
+            /// truncated to microseconds), else refused naming exactly the
+            /// fields that break them; a payload refused for what it holds
+            /// names the place, a JSON Pointer to it.
+            #[test]
+            fn an_event_is_valid_exactly_when_the_rules_allow_it(
+                now in testing::now(),
+                mut event in testing::event(),
+                shift in option::of(testing::shift()),
+                prefix in prefix(),
+            ) {
+                if let Some(shift) = shift {
+                    event.occurred_at = Some(testing::shifted(now, shift));
+                }
+                let text = event.payload.as_ref().map(testing::payload_text);
+                let refused = testing::refused_fields(&event, text.as_ref(), now);
+                match validate_event(&event, &prefix, now) {
+                    Ok(valid) => {
+                        prop_assert!(refused.is_empty(), "accepted; the rules refuse {:?}", refused);
+                        let expected = text.flatten().unwrap_or_else(|| "{}".to_owned());
+                        prop_assert_eq!(valid.payload_json, expected);
+                        let stated = event.occurred_at.unwrap_or_else(|| Timestamp::from(now));
+                        prop_assert!(
+                            testing::is_truncation_of(&valid.occurred_at, &stated),
+                            "{:?} is not {:?} truncated to microseconds",
+                            valid.occurred_at,
+                            stated
+                        );
+                    }
+                    Err(violations) => {
+                        prop_assert_eq!(&testing::named_fields(&violations, &prefix)?, &refused);
+                        let payload = event.payload.as_ref().zip(
+                            violations.iter().find(|v| v.field.ends_with(".payload")),
+                        );
+                        if let Some((payload, v)) = payload
+                            && testing::json_of(payload).is_none()
+                        {
+                            let named_place = [(" is not a finite number", false), (" contains a NUL character", true)]
+                                .into_iter()
+                                .any(|(why, nul)| {
+                                    v.description.strip_suffix(why).is_some_and(|pointer| {
+                                        testing::names_the_offence(payload, pointer, nul)
+                                    })
+                                });
+                            prop_assert!(named_place, "{:?} does not point at the offence", v.description);
+                        }
+                    }
+                }
+            }
+        }
+
+        fn verdict() -> impl Strategy<Value = Result<String, JsonError>> {
+            prop_oneof![
+                "\\{[a-z\"]{0,10}\\}".prop_map(Ok),
+                (MAX_PAYLOAD_BYTES - 4..=MAX_PAYLOAD_BYTES + 4).prop_map(|n| Ok("x".repeat(n))),
+                "/[a-z~]{0,6}".prop_map(|path| Err(JsonError::NonFiniteNumber { path })),
+                "/[a-z\\x00]{0,6}".prop_map(|path| Err(JsonError::NulCharacter { path })),
+                ("/[a-z0-9]{0,6}", "[a-z ]{1,12}")
+                    .prop_map(|(path, why)| Err(JsonError::Malformed { path, why })),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            /// What ingest calls, with the payload's JSON already written (or
+            /// refused): the text is kept as it is unless over 64 KiB, and a
+            /// refusal becomes the payload's violation with its reason.
+            #[test]
+            fn a_written_payload_is_kept_or_its_refusal_named(
+                now in testing::now(),
+                event in testing::event(),
+                payload in option::of(verdict()),
+                prefix in prefix(),
+            ) {
+                let text = payload.as_ref().map(|p| p.as_ref().ok().cloned());
+                let refused = testing::refused_fields(&event, text.as_ref(), now);
+                match validate_with_payload(&event, payload.clone(), &prefix, now) {
+                    Ok(valid) => {
+                        prop_assert!(refused.is_empty(), "accepted; the rules refuse {:?}", refused);
+                        let expected = text.flatten().unwrap_or_else(|| "{}".to_owned());
+                        prop_assert_eq!(valid.payload_json, expected);
+                    }
+                    Err(violations) => {
+                        prop_assert_eq!(&testing::named_fields(&violations, &prefix)?, &refused);
+                        if let Some(Err(e)) = &payload {
+                            let v = violations.iter().find(|v| v.field.ends_with(".payload"));
+                            prop_assert_eq!(v.map(|v| v.description.clone()), Some(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

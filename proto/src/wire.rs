@@ -157,14 +157,17 @@ mod service {
 pub use service::*;
 
 /// How deep values may nest: prost's own recursion limit, which decoding the
-/// payload as a `Struct` inside the request would have hit.
-const MAX_DEPTH: usize = 100;
+/// payload as a `Struct` inside the request would have hit. prost allows 100
+/// nested messages, and counts every one (a map entry and each `Value`
+/// included); the request and the event around the payload take two, so the
+/// `Struct`'s fields are decoded with 98 left.
+const PAYLOAD_BUDGET: u32 = 98;
 
 /// Writes the JSON object of an encoded `google.protobuf.Struct`.
 pub fn struct_json(encoded: &[u8]) -> Result<String, JsonError> {
     let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 4 + 2);
     let walk = Walk {
-        depth: 0,
+        budget: PAYLOAD_BUDGET,
         check_only: false,
     };
     write_struct(&Pieces::One(encoded), &mut out, walk).map_err(Fail::into_error)?;
@@ -191,12 +194,14 @@ impl<'a> Pieces<'a> {
         }
     }
 
-    /// Calls `field` for each field of the merged message, in wire order.
+    /// Calls `field` for each field of the merged message, in wire order;
+    /// `walk` is where the message's fields are decoded.
     fn for_each_field(
         &self,
+        walk: Walk,
         field: impl FnMut(u32, Field<'a>) -> Result<(), Fail>,
     ) -> Result<(), Fail> {
-        self.for_each_field_reading(None, field)
+        self.for_each_field_reading(None, walk, field)
     }
 
     /// [`Self::for_each_field`], reading field `as_bytes` as length-delimited
@@ -204,6 +209,7 @@ impl<'a> Pieces<'a> {
     fn for_each_field_reading(
         &self,
         as_bytes: Option<u32>,
+        walk: Walk,
         mut field: impl FnMut(u32, Field<'a>) -> Result<(), Fail>,
     ) -> Result<(), Fail> {
         let pieces: &[&'a [u8]] = match self {
@@ -213,7 +219,7 @@ impl<'a> Pieces<'a> {
         for piece in pieces {
             let mut buf: &'a [u8] = piece;
             while !buf.is_empty() {
-                let (tag, value) = next_field(&mut buf, as_bytes)?;
+                let (tag, value) = next_field(&mut buf, as_bytes, walk.budget)?;
                 field(tag, value)?;
             }
         }
@@ -241,17 +247,29 @@ impl Field<'_> {
     }
 }
 
-fn next_field<'a>(buf: &mut &'a [u8], as_bytes: Option<u32>) -> Result<(u32, Field<'a>), Fail> {
-    let key = varint(buf)?;
-    let tag = u32::try_from(key >> 3).map_err(|_| Fail::malformed("invalid field number"))?;
+/// A field key, checked as prost's `decode_key` checks it: at most 32 bits,
+/// a valid wire type, a field number of at least 1.
+fn key(buf: &mut &[u8]) -> Result<(u32, u32), Fail> {
+    let key = u32::try_from(varint(buf)?).map_err(|_| Fail::malformed("invalid key"))?;
+    let wire_type = key & 7;
+    if wire_type >= 6 {
+        return Err(Fail::malformed(format!("invalid wire type {wire_type}")));
+    }
+    let tag = key >> 3;
     if tag == 0 {
         return Err(Fail::malformed("invalid field number 0"));
     }
-    let wire_type = match key & 7 {
-        invalid @ 6.. => return Err(Fail::malformed(format!("invalid wire type {invalid}"))),
-        _ if as_bytes == Some(tag) => 2,
-        valid => valid,
-    };
+    Ok((tag, wire_type))
+}
+
+/// The next field; `budget` is the recursion budget where it is decoded.
+fn next_field<'a>(
+    buf: &mut &'a [u8],
+    as_bytes: Option<u32>,
+    budget: u32,
+) -> Result<(u32, Field<'a>), Fail> {
+    let (tag, wire_type) = key(buf)?;
+    let wire_type = if as_bytes == Some(tag) { 2 } else { wire_type };
     let field = match wire_type {
         0 => Field::Varint(varint(buf)?),
         1 => Field::Fixed64(take(buf, 8)?.try_into().map_err(|_| Fail::truncated())?),
@@ -260,7 +278,7 @@ fn next_field<'a>(buf: &mut &'a [u8], as_bytes: Option<u32>) -> Result<(u32, Fie
             Field::Bytes(take(buf, len)?)
         }
         3 => {
-            skip_group(tag, buf, 0)?;
+            skip_group(tag, buf, budget)?;
             Field::Other
         }
         5 => {
@@ -272,18 +290,21 @@ fn next_field<'a>(buf: &mut &'a [u8], as_bytes: Option<u32>) -> Result<(u32, Fie
     Ok((tag, field))
 }
 
-/// Skips a (deprecated) group up to its end marker, as prost does.
-fn skip_group(tag: u32, buf: &mut &[u8], depth: usize) -> Result<(), Fail> {
-    if depth > MAX_DEPTH {
-        return Err(Fail::malformed("recursion limit reached"));
-    }
+/// Skips a (deprecated) group up to its end marker, as prost does: the group
+/// needs recursion budget left, and so does each field inside it, one level
+/// down.
+fn skip_group(tag: u32, buf: &mut &[u8], budget: u32) -> Result<(), Fail> {
+    let inner_budget = budget.checked_sub(1).ok_or_else(too_deep)?;
     loop {
         if buf.is_empty() {
             return Err(Fail::truncated());
         }
-        let key = varint(buf)?;
-        let inner = u32::try_from(key >> 3).map_err(|_| Fail::malformed("invalid field number"))?;
-        match key & 7 {
+        let (inner, wire_type) = key(buf)?;
+        match wire_type {
+            3 => skip_group(inner, buf, inner_budget)?,
+            4 if inner == tag => return Ok(()),
+            4 => return Err(Fail::malformed("unexpected end group")),
+            _ if inner_budget == 0 => return Err(too_deep()),
             0 => {
                 varint(buf)?;
             }
@@ -294,15 +315,17 @@ fn skip_group(tag: u32, buf: &mut &[u8], depth: usize) -> Result<(), Fail> {
                 let len = usize::try_from(varint(buf)?).map_err(|_| Fail::truncated())?;
                 take(buf, len)?;
             }
-            3 => skip_group(inner, buf, depth + 1)?,
-            4 if inner == tag => return Ok(()),
-            4 => return Err(Fail::malformed("unexpected end group")),
-            5 => {
+            _ => {
                 take(buf, 4)?;
             }
-            other => return Err(Fail::malformed(format!("invalid wire type {other}"))),
         }
     }
+}
+
+fn too_deep() -> Fail {
+    Fail::malformed(
+        "nested beyond protobuf's recursion limit (100 messages, counting the request's)",
+    )
 }
 
 fn varint(buf: &mut &[u8]) -> Result<u64, Fail> {
@@ -335,19 +358,28 @@ fn utf8(bytes: &[u8]) -> Result<&str, Fail> {
 /// exactly those prost refuses.
 #[derive(Clone, Copy)]
 struct Walk {
-    depth: usize,
+    /// prost's recursion budget where the message's fields are decoded: a
+    /// nested message (a map entry too) needs one left, and so does skipping
+    /// an unknown field.
+    budget: u32,
     check_only: bool,
 }
 
 impl Walk {
-    fn deeper(self) -> Result<Self, Fail> {
-        if self.depth >= MAX_DEPTH {
-            return Err(Fail::malformed("nested more than 100 levels deep"));
-        }
+    /// Into a nested message: where its fields are decoded.
+    fn enter(self) -> Result<Self, Fail> {
         Ok(Self {
-            depth: self.depth + 1,
+            budget: self.budget.checked_sub(1).ok_or_else(too_deep)?,
             ..self
         })
+    }
+
+    /// Past an unknown field.
+    fn skip(self) -> Result<(), Fail> {
+        if self.budget == 0 {
+            return Err(too_deep());
+        }
+        Ok(())
     }
 
     fn checking(self) -> Self {
@@ -358,22 +390,23 @@ impl Walk {
     }
 }
 
-/// `Struct { map<string, Value> fields = 1; }`
+/// `Struct { map<string, Value> fields = 1; }`; `walk` is where its fields
+/// are decoded.
 fn write_struct(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(), Fail> {
-    let walk = walk.deeper()?;
     let mut entries: Vec<(&str, Option<Pieces<'_>>)> = Vec::new();
-    pieces.for_each_field_reading(Some(1), |tag, field| {
+    pieces.for_each_field_reading(Some(1), walk, |tag, field| {
         if tag != 1 {
-            return Ok(());
+            return walk.skip();
         }
         let Field::Bytes(entry) = field else {
             return Err(wrong_type(&field, "a map entry"));
         };
         // A map entry { string key = 1; Value value = 2; }; either may be
-        // absent (empty key, null value).
+        // absent (empty key, null value). To prost it is a message.
+        let in_entry = walk.enter()?;
         let mut key = "";
         let mut value: Option<Pieces<'_>> = None;
-        Pieces::One(entry).for_each_field(|tag, field| {
+        Pieces::One(entry).for_each_field(in_entry, |tag, field| {
             match (tag, field) {
                 // Each occurrence is decoded (and must be UTF-8); the last wins.
                 (1, Field::Bytes(k)) => key = utf8(k)?,
@@ -383,7 +416,7 @@ fn write_struct(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<()
                 },
                 (1, other) => return Err(wrong_type(&other, "a string")),
                 (2, other) => return Err(wrong_type(&other, "a Value")),
-                _ => {}
+                _ => return in_entry.skip(),
             }
             Ok(())
         })?;
@@ -392,13 +425,17 @@ fn write_struct(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<()
     })?;
     // A map keeps the last value of a key, and serde_json's map is sorted.
     entries.sort_by(|a, b| a.0.cmp(b.0));
+    // A value's fields are decoded inside its entry, inside this struct.
+    let in_value = || walk.enter()?.enter();
     out.push(b'{');
     let mut first = true;
     for (i, (key, value)) in entries.iter().enumerate() {
         let at_key = |fail: Fail| fail.at((*key).to_owned());
         if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
             if let Some(pieces) = value {
-                check_value(pieces, walk).map_err(at_key)?;
+                in_value()
+                    .and_then(|in_value| check_value(pieces, in_value))
+                    .map_err(at_key)?;
             }
             continue;
         }
@@ -412,7 +449,9 @@ fn write_struct(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<()
         write_str(key, out)?;
         out.push(b':');
         match value {
-            Some(pieces) => write_value(pieces, out, walk).map_err(at_key)?,
+            Some(pieces) => in_value()
+                .and_then(|in_value| write_value(pieces, out, in_value))
+                .map_err(at_key)?,
             None => out.extend_from_slice(b"null"),
         }
     }
@@ -428,7 +467,8 @@ fn check_value(pieces: &Pieces<'_>, walk: Walk) -> Result<(), Fail> {
 /// `Value { oneof kind { NullValue null_value = 1; double number_value = 2;
 /// string string_value = 3; bool bool_value = 4; Struct struct_value = 5;
 /// ListValue list_value = 6; } }`: the last member on the wire wins, and a
-/// message member seen again right after itself is merged.
+/// message member seen again right after itself is merged. `walk` is where
+/// its fields are decoded.
 fn write_value(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(), Fail> {
     enum Kind<'k> {
         Null,
@@ -439,7 +479,7 @@ fn write_value(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(),
         List(Pieces<'k>),
     }
     let mut kind = Kind::Null;
-    pieces.for_each_field(|tag, field| {
+    pieces.for_each_field(walk, |tag, field| {
         let next = match (tag, field) {
             (1, Field::Varint(_)) => Kind::Null,
             (2, Field::Fixed64(bits)) => Kind::Number(f64::from_le_bytes(bits)),
@@ -463,12 +503,14 @@ fn write_value(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(),
             (2, other) => return Err(wrong_type(&other, "a double")),
             (3, other) => return Err(wrong_type(&other, "a string")),
             (5 | 6, other) => return Err(wrong_type(&other, "a message")),
-            _ => return Ok(()),
+            _ => return walk.skip(),
         };
         // The member replaced was decoded all the same.
         match std::mem::replace(&mut kind, next) {
-            Kind::Struct(pieces) => write_struct(&pieces, &mut Vec::new(), walk.checking()),
-            Kind::List(pieces) => write_list(&pieces, &mut Vec::new(), walk.checking()),
+            Kind::Struct(pieces) => {
+                write_struct(&pieces, &mut Vec::new(), walk.enter()?.checking())
+            }
+            Kind::List(pieces) => write_list(&pieces, &mut Vec::new(), walk.enter()?.checking()),
             _ => Ok(()),
         }
     })?;
@@ -488,20 +530,20 @@ fn write_value(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(),
             }
             write_str(s, out)?;
         }
-        Kind::Struct(pieces) => write_struct(&pieces, out, walk)?,
-        Kind::List(pieces) => write_list(&pieces, out, walk)?,
+        Kind::Struct(pieces) => write_struct(&pieces, out, walk.enter()?)?,
+        Kind::List(pieces) => write_list(&pieces, out, walk.enter()?)?,
     }
     Ok(())
 }
 
-/// `ListValue { repeated Value values = 1; }`
+/// `ListValue { repeated Value values = 1; }`; `walk` is where its fields
+/// are decoded.
 fn write_list(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(), Fail> {
-    let walk = walk.deeper()?;
     out.push(b'[');
     let mut index = 0usize;
-    pieces.for_each_field(|tag, field| {
+    pieces.for_each_field(walk, |tag, field| {
         if tag != 1 {
-            return Ok(());
+            return walk.skip();
         }
         let Field::Bytes(v) = field else {
             return Err(wrong_type(&field, "a Value"));
@@ -509,7 +551,9 @@ fn write_list(pieces: &Pieces<'_>, out: &mut Vec<u8>, walk: Walk) -> Result<(), 
         if index > 0 {
             out.push(b',');
         }
-        write_value(&Pieces::One(v), out, walk).map_err(|f| f.at(index.to_string()))?;
+        walk.enter()
+            .and_then(|in_value| write_value(&Pieces::One(v), out, in_value))
+            .map_err(|f| f.at(index.to_string()))?;
         index += 1;
         Ok(())
     })?;
@@ -582,10 +626,21 @@ mod tests {
     use super::*;
     use crate::json::struct_to_json;
 
-    /// What ingest wrote before: decode with prost, convert, print.
+    /// What ingest wrote before: decode with prost (the payload inside its
+    /// request, as it arrived), convert, print.
     fn via_prost(encoded: &[u8]) -> Option<Result<String, JsonError>> {
-        let decoded = Struct::decode(encoded).ok()?;
+        let decoded = decode_in_request(encoded)?;
         Some(struct_to_json(&decoded).map(|m| serde_json::Value::Object(m).to_string()))
+    }
+
+    /// The payload decoded by prost inside `PublishRequest { event { payload } }`.
+    fn decode_in_request(encoded: &[u8]) -> Option<Struct> {
+        let mut event = Vec::new();
+        encoding::bytes::encode(7, &encoded.to_vec(), &mut event);
+        let mut request = Vec::new();
+        encoding::bytes::encode(1, &event, &mut request);
+        let request = crate::v1::PublishRequest::decode(request.as_slice()).ok()?;
+        Some(request.event?.payload.unwrap_or_default())
     }
 
     /// xorshift64*: deterministic, no dependency.
@@ -819,9 +874,56 @@ mod tests {
         };
         let err = struct_json(&s.encode_to_vec()).map_err(|e| e.to_string());
         assert!(
-            matches!(&err, Err(why) if why.contains("nested more than 100 levels")),
+            matches!(&err, Err(why) if why.contains("recursion limit")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn nesting_is_bounded_where_prost_bounds_it() {
+        // Found by the properties: 40 structs nested in one another were
+        // written, yet prost refuses them (it counts each map entry, Value
+        // and Struct against its limit of 100), so ingest took events whose
+        // payloads a prost client of ListEvents cannot decode.
+        let mut v = number_value(1.0);
+        for depth in 1..=40 {
+            let s = Struct {
+                fields: [("k".to_owned(), v)].into(),
+            };
+            let encoded = s.encode_to_vec();
+            assert_eq!(
+                struct_json(&encoded).ok(),
+                via_prost(&encoded).and_then(Result::ok),
+                "{depth} structs deep"
+            );
+            v = Value {
+                kind: Some(Kind::StructValue(s)),
+            };
+        }
+        let forty = Struct {
+            fields: [("k".to_owned(), v)].into(),
+        };
+        assert!(struct_json(&forty.encode_to_vec()).is_err());
+    }
+
+    #[test]
+    fn a_key_beyond_32_bits_is_refused() {
+        // Found by the properties: an unknown field whose key does not fit in
+        // 32 bits was skipped, where prost refuses the payload ("invalid key
+        // value"), in a group too.
+        let mut encoded = Vec::new();
+        encoding::encode_varint(1 << 32, &mut encoded);
+        encoded.push(0);
+        assert!(via_prost(&encoded).is_none());
+        assert!(matches!(
+            struct_json(&encoded),
+            Err(JsonError::Malformed { .. })
+        ));
+        let mut group = vec![(9 << 3) | 3];
+        encoding::encode_varint(1 << 32, &mut group);
+        group.extend([0, (9 << 3) | 4]);
+        assert!(via_prost(&group).is_none());
+        assert!(struct_json(&group).is_err());
     }
 
     #[test]
@@ -872,5 +974,226 @@ mod tests {
             struct_to_json(&merged.payload.unwrap_or_default())
                 .map(|m| serde_json::Value::Object(m).to_string())
         );
+    }
+
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use serde_json::Value as Json;
+
+        use super::*;
+        use crate::testing;
+        use crate::validate::validate_with_payload;
+
+        /// An edit of an encoding: set a byte, cut it short, insert a byte,
+        /// repeat a stretch (a field seen twice is merged), drop a stretch.
+        #[derive(Debug, Clone)]
+        enum Edit {
+            Set(usize, u8),
+            Truncate(usize),
+            Insert(usize, u8),
+            Repeat(usize, usize),
+            Remove(usize, usize),
+            /// A field key (any varint: unknown, out-of-range and group keys
+            /// included) and a byte after it.
+            Key(usize, u64, u8),
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            prop_oneof![
+                (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Edit::Set(at, b)),
+                any::<usize>().prop_map(Edit::Truncate),
+                (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Edit::Insert(at, b)),
+                (any::<usize>(), 1..16usize).prop_map(|(at, n)| Edit::Repeat(at, n)),
+                (any::<usize>(), 1..8usize).prop_map(|(at, n)| Edit::Remove(at, n)),
+                (
+                    any::<usize>(),
+                    prop_oneof![
+                        0..64u64,
+                        any::<u64>(),
+                        (29..36u32, 0..8u64).prop_map(|(bits, wire)| (1u64 << bits) - 8 + wire),
+                    ],
+                    any::<u8>(),
+                )
+                    .prop_map(|(at, key, b)| Edit::Key(at, key, b)),
+            ]
+        }
+
+        fn edited(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+            for edit in edits {
+                let len = bytes.len();
+                match *edit {
+                    Edit::Set(at, b) => {
+                        if len > 0 {
+                            bytes[at % len] = b;
+                        }
+                    }
+                    Edit::Truncate(at) => bytes.truncate(at % (len + 1)),
+                    Edit::Insert(at, b) => bytes.insert(at % (len + 1), b),
+                    Edit::Repeat(at, n) => {
+                        let start = at % (len + 1);
+                        let end = (start + n).min(len);
+                        let piece = bytes[start..end].to_vec();
+                        bytes.splice(end..end, piece);
+                    }
+                    Edit::Remove(at, n) => {
+                        let start = at % (len + 1);
+                        bytes.drain(start..(start + n).min(len));
+                    }
+                    Edit::Key(at, key, b) => {
+                        let mut field = Vec::new();
+                        encoding::encode_varint(key, &mut field);
+                        field.push(b);
+                        let at = at % (len + 1);
+                        bytes.splice(at..at, field);
+                    }
+                }
+            }
+            bytes
+        }
+
+        /// Bytes a payload field may hold: anything, the encoding of any
+        /// Struct, that edited, two encodings one after the other (merged).
+        fn payload_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                2 => vec(any::<u8>(), 0..64),
+                2 => testing::payload().prop_map(|s| s.encode_to_vec()),
+                4 => (testing::payload(), vec(edit(), 1..4))
+                    .prop_map(|(s, edits)| edited(s.encode_to_vec(), &edits)),
+                1 => (testing::payload(), testing::payload()).prop_map(|(a, b)| {
+                    let mut bytes = a.encode_to_vec();
+                    bytes.extend(b.encode_to_vec());
+                    bytes
+                }),
+            ]
+        }
+
+        /// The bytes of a Publish(Batch)Request: anything, the encoding of
+        /// any events, that edited.
+        fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let events = || vec(testing::event(), 0..4);
+            let request = |events| crate::v1::PublishBatchRequest { events }.encode_to_vec();
+            prop_oneof![
+                1 => vec(any::<u8>(), 0..128),
+                3 => events().prop_map(request),
+                3 => (events(), vec(edit(), 1..4))
+                    .prop_map(move |(events, edits)| edited(request(events), &edits)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            /// Any bytes: what prost decodes as a Struct is written exactly
+            /// as the prost Struct + serde_json path writes it (and that is
+            /// README's JSON: parseable, an object, integral numbers without
+            /// a fraction) or refused as that path refuses it, naming the
+            /// offending value; what prost cannot decode is refused.
+            #[test]
+            fn struct_json_writes_what_the_prost_path_writes(bytes in payload_bytes()) {
+                let ours = struct_json(&bytes);
+                if let Ok(text) = &ours {
+                    let parsed = serde_json::from_str::<Json>(text);
+                    prop_assert!(
+                        parsed.as_ref().is_ok_and(Json::is_object),
+                        "{:?} is not a JSON object: {:?}",
+                        text,
+                        parsed
+                    );
+                }
+                let Some(decoded) = decode_in_request(&bytes) else {
+                    prop_assert!(ours.is_err(), "prost refuses what we wrote as {:?}", ours);
+                    return Ok(());
+                };
+                let expected = struct_to_json(&decoded).map(|m| Json::Object(m).to_string());
+                prop_assert_eq!(&ours, &expected);
+                match (&ours, testing::json_of(&decoded)) {
+                    (Ok(text), Some(map)) => prop_assert_eq!(text, &Json::Object(map).to_string()),
+                    (Err(JsonError::NonFiniteNumber { path }), None) => prop_assert!(
+                        testing::names_the_offence(&decoded, path, false),
+                        "{} holds no non-finite number",
+                        path
+                    ),
+                    (Err(JsonError::NulCharacter { path }), None) => prop_assert!(
+                        testing::names_the_offence(&decoded, path, true),
+                        "{:?} holds no NUL",
+                        path
+                    ),
+                    (ours, oracle) => prop_assert!(false, "wrote {:?}; README says {:?}", ours, oracle),
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            /// Any request bytes, through what ingest does with them: decoded
+            /// with the payloads kept as bytes (refused only where prost's own
+            /// types refuse too, re-encoding to what was read), each payload
+            /// written as the prost path writes it, each event then valid
+            /// exactly when README's rules allow it or refused naming
+            /// `events[i].<field>` for each field that breaks them. A request
+            /// prost's own types refuse has an event refused here.
+            #[test]
+            fn a_request_ends_as_valid_events_or_violations(
+                bytes in request_bytes(),
+                now in testing::now(),
+            ) {
+                let contract = crate::v1::PublishBatchRequest::decode(bytes.as_slice());
+                let Ok(request) = PublishBatchRequest::decode(bytes.as_slice()) else {
+                    prop_assert!(contract.is_err(), "prost's types decode what ours refuse");
+                    return Ok(());
+                };
+                let again = request.encode_to_vec();
+                prop_assert_eq!(request.encoded_len(), again.len());
+                let reread = PublishBatchRequest::decode(again.as_slice());
+                prop_assert_eq!(reread.as_ref(), Ok(&request));
+                if let Ok(contract) = &contract {
+                    prop_assert_eq!(contract.events.len(), request.events.len());
+                }
+                let mut an_event_refused = false;
+                for (i, event) in request.events.into_iter().enumerate() {
+                    let (fields, payload) = event.into_fields();
+                    if let Ok(contract) = &contract {
+                        let mut expected = contract.events[i].clone();
+                        let decoded = expected.payload.take();
+                        prop_assert_eq!(&fields, &expected);
+                        prop_assert_eq!(payload.is_some(), decoded.is_some());
+                    }
+                    let written = payload.as_deref().map(struct_json);
+                    if let Some((payload, ours)) = payload.as_deref().zip(written.as_ref()) {
+                        match via_prost(payload) {
+                            Some(expected) => prop_assert_eq!(ours, &expected),
+                            None => prop_assert!(ours.is_err(), "prost refuses the payload; we wrote {:?}", ours),
+                        }
+                    }
+                    let text = written.as_ref().map(|w| w.as_ref().ok().cloned());
+                    let prefix = format!("events[{i}]");
+                    let refused = testing::refused_fields(&fields, text.as_ref(), now);
+                    match validate_with_payload(&fields, written, &prefix, now) {
+                        Ok(valid) => {
+                            prop_assert!(refused.is_empty(), "accepted; the rules refuse {:?}", refused);
+                            let expected = text.flatten().unwrap_or_else(|| "{}".to_owned());
+                            prop_assert_eq!(valid.payload_json, expected);
+                        }
+                        Err(violations) => {
+                            an_event_refused = true;
+                            prop_assert_eq!(&testing::named_fields(&violations, &prefix)?, &refused);
+                        }
+                    }
+                }
+                if contract.is_err() {
+                    prop_assert!(an_event_refused, "prost's types refuse the request, we accept every event of it");
+                }
+            }
+        }
     }
 }

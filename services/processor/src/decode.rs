@@ -284,4 +284,525 @@ mod tests {
             "event.payload: contains a NUL character"
         );
     }
+
+    #[test]
+    fn a_received_at_near_the_end_of_time_is_judged_not_a_panic() {
+        // Found by the properties below: judging occurred_at against
+        // received_at + 1 h overflowed SystemTime and panicked, so one record
+        // written to the topic by anyone stopped the processor on every
+        // redelivery.
+        let mut value = EventEnvelope::decode(envelope("a", "{}").as_slice()).unwrap();
+        value.received_at = Some(prost_types::Timestamp {
+            seconds: i64::MAX - 3599,
+            nanos: 0,
+        });
+        match decode_plain(&record(Some(value.encode_to_vec()))) {
+            Decoded::Event(e) => assert_eq!(
+                e.row.received_at,
+                SystemTime::try_from(value.received_at.unwrap()).unwrap()
+            ),
+            Decoded::Poison(p) => panic!("poisoned: {}", p.reason),
+        }
+    }
+
+    mod properties {
+        use std::time::{Duration, UNIX_EPOCH};
+
+        use proptest::collection::vec;
+        use proptest::option;
+        use proptest::prelude::*;
+        use prost_types::Timestamp;
+        use rdkafka::message::{Header, OwnedHeaders};
+        use serde_json::Value as Json;
+        use tributary_proto::v1::{Event, IngestMetadata};
+
+        use super::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[a-z0-9_.:-]{0,12}",
+                2 => any::<String>(),
+                2 => vec(any::<char>(), 0..24).prop_map(String::from_iter),
+                1 => ("[a-z]{0,4}", "[a-z]{0,4}").prop_map(|(a, b)| format!("{a}\0{b}")),
+                1 => (250usize..=260, prop::sample::select(vec!['a', 'é', '😀']))
+                    .prop_map(|(n, c)| std::iter::repeat_n(c, n).collect()),
+                1 => (0usize..100_000).prop_map(|n| "x".repeat(n)),
+            ]
+        }
+
+        /// Mostly what a client sends, else anything.
+        fn field_text() -> impl Strategy<Value = String> {
+            prop_oneof![8 => "[a-z0-9_.:-]{0,12}", 3 => "\\PC{0,40}", 2 => text()]
+        }
+
+        fn event_type() -> impl Strategy<Value = String> {
+            prop_oneof![16 => "[a-z][a-z0-9_.-]{0,64}", 1 => text()]
+        }
+
+        fn event_id() -> impl Strategy<Value = String> {
+            prop_oneof![1 => Just(String::new()), 16 => "[A-Za-z0-9._:-]{1,129}", 1 => text()]
+        }
+
+        /// Seconds since the epoch: near now, around 0, both ends of `i64`.
+        fn seconds() -> impl Strategy<Value = i64> {
+            let now = Timestamp::from(SystemTime::now()).seconds;
+            prop_oneof![
+                4 => now - 3 * 86_400..now + 3 * 86_400,
+                1 => -2i64..2,
+                1 => i64::MAX - 8_000..=i64::MAX,
+                1 => i64::MIN..=i64::MIN + 8_000,
+                2 => any::<i64>(),
+            ]
+        }
+
+        fn timestamp() -> impl Strategy<Value = Timestamp> {
+            let nanos = prop_oneof![
+                4 => 0..1_000_000_000i32,
+                1 => prop::sample::select(vec![999_999_999, 1_000_000_000, -1, i32::MIN, i32::MAX]),
+            ];
+            (seconds(), nanos).prop_map(|(seconds, nanos)| Timestamp { seconds, nanos })
+        }
+
+        /// Any JSON, NUL characters included.
+        fn json() -> impl Strategy<Value = Json> {
+            let leaf = prop_oneof![
+                Just(Json::Null),
+                any::<bool>().prop_map(Json::Bool),
+                any::<i64>().prop_map(Json::from),
+                any::<f64>().prop_map(Json::from),
+                prop_oneof![
+                    4 => "[a-z ]{0,8}",
+                    1 => vec(any::<char>(), 0..8).prop_map(String::from_iter)
+                ]
+                .prop_map(Json::String),
+            ];
+            leaf.prop_recursive(5, 32, 4, |inner| {
+                prop_oneof![
+                    vec(inner.clone(), 0..4).prop_map(Json::Array),
+                    vec(
+                        (
+                            prop_oneof![12 => "[a-c]{0,2}", 1 => Just("k\0".to_owned())],
+                            inner
+                        ),
+                        0..4
+                    )
+                    .prop_map(|fields| Json::Object(fields.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// The payload text: JSON (of an object mostly), anything, around
+        /// the 64 KiB limit, around serde_json's nesting limit.
+        fn payload_json() -> impl Strategy<Value = String> {
+            prop_oneof![
+                10 => vec(("[a-c]{1,2}", json()), 0..4)
+                    .prop_map(|fields| Json::Object(fields.into_iter().collect()).to_string()),
+                2 => json().prop_map(|j| j.to_string()),
+                2 => text(),
+                1 => prop::sample::select(vec!["{}", "{\"a\":1e400}", "{\"a\":\"\\ud800\"}", "{\"a\":\"\\u0000\"}", "{\"a\":1,\"a\":2}", " {} ", "{}{}", ""])
+                    .prop_map(str::to_owned),
+                1 => (MAX_PAYLOAD_BYTES - 14..=MAX_PAYLOAD_BYTES - 8)
+                    .prop_map(|n| format!("{{\"blob\":\"{}\"}}", "x".repeat(n))),
+                1 => (120usize..136).prop_map(|n| format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n))),
+            ]
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            (
+                event_id(),
+                event_type(),
+                field_text(),
+                field_text(),
+                field_text(),
+                prop_oneof![3 => Just(None), 1 => timestamp().prop_map(Some)],
+            )
+                .prop_map(
+                    |(event_id, event_type, source, user_id, session_id, occurred_at)| Event {
+                        event_id,
+                        event_type,
+                        source,
+                        user_id,
+                        session_id,
+                        occurred_at,
+                        // The envelope carries the payload as JSON text; anything
+                        // here is ignored.
+                        payload: None,
+                    },
+                )
+        }
+
+        fn envelope() -> impl Strategy<Value = EventEnvelope> {
+            let ingest = (text(), "[0-9a-f]{32}|.{0,8}", any::<i32>(), any::<i64>()).prop_map(
+                |(instance, trace_id, schema_version, redriven)| IngestMetadata {
+                    instance,
+                    trace_id,
+                    schema_version,
+                    redriven_from_dead_letter: redriven,
+                },
+            );
+            (
+                prop_oneof![12 => Just(1u32), 1 => Just(0u32), 1 => Just(2u32), 1 => any::<u32>()],
+                option::weighted(0.95, event()),
+                payload_json(),
+                option::weighted(0.8, timestamp()),
+                option::of(ingest),
+            )
+                .prop_map(
+                    |(envelope_version, event, payload_json, received_at, ingest)| EventEnvelope {
+                        envelope_version,
+                        event,
+                        payload_json,
+                        received_at,
+                        ingest,
+                    },
+                )
+        }
+
+        /// A record's value: anything, an envelope, an envelope with bytes
+        /// changed, cut or added.
+        fn value() -> impl Strategy<Value = Option<Vec<u8>>> {
+            let edited = (envelope(), vec((any::<usize>(), any::<u8>(), 0..3u8), 1..4)).prop_map(
+                |(envelope, edits)| {
+                    let mut bytes = envelope.encode_to_vec();
+                    for (at, b, how) in edits {
+                        let len = bytes.len();
+                        match how {
+                            0 if len > 0 => bytes[at % len] = b,
+                            1 => bytes.truncate(at % (len + 1)),
+                            _ => bytes.insert(at % (len + 1), b),
+                        }
+                    }
+                    bytes
+                },
+            );
+            option::weighted(
+                0.97,
+                prop_oneof![
+                    1 => vec(any::<u8>(), 0..128),
+                    8 => envelope().prop_map(|e| e.encode_to_vec()),
+                    2 => edited,
+                ],
+            )
+        }
+
+        /// Record headers: trace context (well-formed or not) and anything.
+        fn headers() -> impl Strategy<Value = Vec<(String, Option<Vec<u8>>)>> {
+            let key = prop_oneof![
+                Just("traceparent".to_owned()),
+                Just("TraceParent".to_owned()),
+                Just("tracestate".to_owned()),
+                any::<String>(),
+            ];
+            let value = prop_oneof![
+                "00-[0-9a-f]{32}-[0-9a-f]{16}-0[0-3]".prop_map(String::into_bytes),
+                "[ -~]{0,64}".prop_map(String::into_bytes),
+                vec(any::<u8>(), 0..64),
+            ];
+            vec((key, option::of(value)), 0..4)
+        }
+
+        fn record_with(
+            value: Option<Vec<u8>>,
+            key: Option<Vec<u8>>,
+            partition: i32,
+            offset: i64,
+            headers: &[(String, Option<Vec<u8>>)],
+        ) -> OwnedMessage {
+            let headers = (!headers.is_empty()).then(|| {
+                headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |all, (key, value)| {
+                        all.insert(Header {
+                            key,
+                            value: value.as_deref(),
+                        })
+                    })
+            });
+            OwnedMessage::new(
+                value,
+                key,
+                "tributary.events".into(),
+                rdkafka::Timestamp::NotAvailable,
+                partition,
+                offset,
+                headers,
+            )
+        }
+
+        // The oracles: README's rules, over chars and i128 nanoseconds.
+
+        fn is_event_type(s: &str) -> bool {
+            let mut chars = s.chars();
+            matches!(chars.next(), Some('a'..='z'))
+                && s.chars().count() <= 64
+                && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '.' | '-'))
+        }
+
+        fn is_event_id(s: &str) -> bool {
+            (1..=128).contains(&s.chars().count())
+                && s.chars()
+                    .all(|c| matches!(c, 'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' | ':' | '-'))
+        }
+
+        fn is_text_field(s: &str) -> bool {
+            s.chars().count() <= 256 && !s.contains('\0')
+        }
+
+        fn nanos(t: SystemTime) -> i128 {
+            match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_nanos() as i128,
+                Err(e) => -(e.duration().as_nanos() as i128),
+            }
+        }
+
+        fn has_nul(j: &Json) -> bool {
+            match j {
+                Json::String(s) => s.contains('\0'),
+                Json::Array(a) => a.iter().any(has_nul),
+                Json::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+                _ => false,
+            }
+        }
+
+        /// A JSON object of at most 64 KiB without NUL.
+        fn is_payload(text: &str) -> bool {
+            text.len() <= MAX_PAYLOAD_BYTES
+                && serde_json::from_str::<Json>(text).is_ok_and(|j| j.is_object() && !has_nul(&j))
+        }
+
+        /// Whether README's rules take the envelope's event, received at
+        /// `received_at`.
+        fn storable(envelope: &EventEnvelope, received_at: SystemTime) -> bool {
+            let Some(event) = &envelope.event else {
+                return false;
+            };
+            let occurred_at = event
+                .occurred_at
+                .unwrap_or_else(|| Timestamp::from(received_at));
+            let at =
+                i128::from(occurred_at.seconds) * 1_000_000_000 + i128::from(occurred_at.nanos);
+            envelope.envelope_version <= 1
+                && is_event_id(&event.event_id)
+                && is_event_type(&event.event_type)
+                && [&event.source, &event.user_id, &event.session_id]
+                    .into_iter()
+                    .all(|t| is_text_field(t))
+                && (0..1_000_000_000).contains(&occurred_at.nanos)
+                && occurred_at.seconds >= 0
+                && at <= nanos(received_at) + 3_600 * 1_000_000_000
+                && is_payload(&envelope.payload_json)
+        }
+
+        /// What a record must become: `Some(true)` stored, `Some(false)`
+        /// dead-lettered, `None` either (received_at is the clock's, which
+        /// moved while deciding).
+        fn verdict(value: Option<&[u8]>, before: SystemTime, after: SystemTime) -> Option<bool> {
+            let Some(envelope) = value.and_then(|v| EventEnvelope::decode(v).ok()) else {
+                return Some(false);
+            };
+            match envelope
+                .received_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+            {
+                Some(at) => Some(storable(&envelope, at)),
+                None => {
+                    let (early, late) = (storable(&envelope, before), storable(&envelope, after));
+                    (early == late).then_some(early)
+                }
+            }
+        }
+
+        fn check_row(
+            row: &NewEvent,
+            value: &[u8],
+            partition: i32,
+            offset: i64,
+            before: SystemTime,
+            after: SystemTime,
+        ) -> Result<(), TestCaseError> {
+            let envelope = EventEnvelope::decode(value);
+            prop_assert!(envelope.is_ok(), "stored an undecodable record");
+            let envelope = envelope.unwrap_or_default();
+            let event = envelope.event.clone().unwrap_or_default();
+            prop_assert!(is_event_id(&row.event_id), "event_id {:?}", row.event_id);
+            prop_assert!(
+                is_event_type(&row.event_type),
+                "event_type {:?}",
+                row.event_type
+            );
+            for text in [&row.source, &row.user_id, &row.session_id] {
+                prop_assert!(is_text_field(text), "{:?}", text);
+            }
+            prop_assert_eq!(
+                (
+                    &row.event_id,
+                    &row.event_type,
+                    &row.source,
+                    &row.user_id,
+                    &row.session_id
+                ),
+                (
+                    &event.event_id,
+                    &event.event_type,
+                    &event.source,
+                    &event.user_id,
+                    &event.session_id
+                )
+            );
+            prop_assert!(
+                is_payload(&row.payload_json),
+                "payload {:?}",
+                row.payload_json
+            );
+            prop_assert_eq!(&row.payload_json, &envelope.payload_json);
+            match envelope
+                .received_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+            {
+                Some(at) => prop_assert_eq!(row.received_at, at),
+                None => prop_assert!((before..=after).contains(&row.received_at)),
+            }
+            let stated = event
+                .occurred_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or(row.received_at);
+            let occurred = nanos(row.occurred_at);
+            prop_assert!(occurred >= 0, "stored before 1970: {:?}", row.occurred_at);
+            prop_assert_eq!(occurred % 1_000, 0, "not in microseconds");
+            prop_assert!(
+                (0..1_000).contains(&(nanos(stated) - occurred)),
+                "{:?} is not {:?} in microseconds",
+                row.occurred_at,
+                stated
+            );
+            prop_assert!(
+                occurred <= nanos(row.received_at) + 3_600 * 1_000_000_000,
+                "more than 1 h after received_at"
+            );
+            prop_assert_eq!((row.partition, row.offset), (partition, offset));
+            let ingest = envelope.ingest.unwrap_or_default();
+            prop_assert_eq!(&row.trace_id, &ingest.trace_id);
+            prop_assert_eq!(row.schema_version, ingest.schema_version);
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            /// Any record: stored as a row README's rules allow (the
+            /// envelope's event, payload text as it came, occurred_at in
+            /// microseconds, at most 1 h after received_at) exactly when the
+            /// rules allow it, else dead-lettered with a reason and the record
+            /// kept as it came.
+            #[test]
+            fn a_record_is_stored_valid_or_dead_lettered(
+                value in value(),
+                key in option::of(vec(any::<u8>(), 0..8)),
+                partition in any::<i32>(),
+                offset in any::<i64>(),
+                headers in headers(),
+            ) {
+                tracing_propagator();
+                let message = record_with(value.clone(), key.clone(), partition, offset, &headers);
+                let before = SystemTime::now();
+                let decoded = decode(&message, &SchemaCache::default());
+                let after = SystemTime::now();
+                let expected = verdict(value.as_deref(), before, after);
+                match decoded {
+                    Decoded::Event(e) => {
+                        prop_assert_ne!(expected, Some(false), "stored; the rules refuse it");
+                        check_row(&e.row, value.as_deref().unwrap_or_default(), partition, offset, before, after)?;
+                    }
+                    Decoded::Poison(p) => {
+                        prop_assert_ne!(expected, Some(true), "dead-lettered: {}", p.reason);
+                        prop_assert!(!p.reason.is_empty());
+                        prop_assert_eq!(&p.value, &value);
+                        prop_assert_eq!(&p.key, &key);
+                        prop_assert_eq!(
+                            (p.topic.as_str(), p.partition, p.offset),
+                            ("tributary.events", partition, offset)
+                        );
+                        prop_assert_eq!(p.headers.len(), headers.len());
+                        prop_assert!(p.event_id.as_ref().is_none_or(|id| !id.is_empty()));
+                        prop_assert!(p.event_type.as_ref().is_none_or(|t| !t.is_empty()));
+                    }
+                }
+            }
+        }
+
+        /// The W3C propagator the processor runs with, so `traceparent`
+        /// headers are parsed as in production.
+        fn tracing_propagator() {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                let _provider = tributary_platform::telemetry::tracer_provider("processor", None);
+            });
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            /// What ingest accepts, the processor stores as it was accepted:
+            /// any event valid at any receipt time (from 1970 to the end of
+            /// `SystemTime`), in the envelope ingest writes.
+            #[test]
+            fn what_ingest_accepts_is_stored(
+                received in prop_oneof![
+                    Just(0u64),
+                    0..u64::try_from(i64::MAX).unwrap_or(u64::MAX),
+                    u64::try_from(i64::MAX - 8_000).unwrap_or(0)..=u64::try_from(i64::MAX).unwrap_or(0),
+                ],
+                received_nanos in 0..1_000_000_000u32,
+                clock in any::<bool>(),
+                mut event in event(),
+                shift in option::of(-7_200i64..=3_600),
+                payload in vec(("[a-c]{1,2}", json()), 0..4),
+            ) {
+                let now = if clock {
+                    SystemTime::now()
+                } else {
+                    UNIX_EPOCH + Duration::new(received, received_nanos)
+                };
+                if let Some(shift) = shift {
+                    let mut at = Timestamp::from(now);
+                    at.seconds = at.seconds.saturating_add(shift);
+                    event.occurred_at = Some(at);
+                }
+                event.payload = Some(tributary_proto::json::json_to_struct(payload.into_iter().collect()));
+                let Ok(valid) = validate::validate_event(&event, "event", now) else {
+                    return Ok(());
+                };
+                // As ingest's `prepare` writes it.
+                if event.event_id.is_empty() {
+                    event.event_id = "0190f1c2-7e5d-7a3b-9c1d-2e3f4a5b6c7d".into();
+                }
+                event.occurred_at = Some(valid.occurred_at);
+                event.payload = None;
+                let written = EventEnvelope {
+                    envelope_version: 1,
+                    event: Some(event.clone()),
+                    payload_json: valid.payload_json.clone(),
+                    received_at: Some(Timestamp::from(now)),
+                    ingest: Some(IngestMetadata::default()),
+                };
+                match decode_plain(&record(Some(written.encode_to_vec()))) {
+                    Decoded::Event(e) => {
+                        prop_assert_eq!(&e.row.event_id, &event.event_id);
+                        prop_assert_eq!(&e.row.payload_json, &valid.payload_json);
+                        prop_assert_eq!(Timestamp::from(e.row.occurred_at), valid.occurred_at);
+                        prop_assert_eq!(e.row.received_at, now);
+                    }
+                    Decoded::Poison(p) => prop_assert!(false, "ingest accepted it; dead-lettered: {}", p.reason),
+                }
+            }
+        }
+    }
 }
