@@ -633,7 +633,8 @@ start_alertsink() {
   port_open 127.0.0.1 "$ALERT_SINK_PORT" &&
     die "port $ALERT_SINK_PORT (alert sink) is in use by a process this script did not start"
   mkdir -p "$TB_LOG_DIR"
-  pid=$(pid_start alertsink "$log" "$(command -v python3)" "$ROOT/scripts/alert-receiver.py" \
+  # Started as itself (its #! finds python3), so its pid file names the script.
+  pid=$(pid_start alertsink "$log" "$ROOT/scripts/alert-receiver.py" \
     --listen "127.0.0.1:$ALERT_SINK_PORT" --out "$ALERT_FILE")
   wait_for_port 127.0.0.1 "$ALERT_SINK_PORT" 30 alertsink || {
     log_tail "$log"
