@@ -424,6 +424,7 @@ TRIBUTARY_MAX_CALL_DURATION: {{ $c.maxCallDuration | quote }}
 {{- end }}
 {{- if eq .component "ingest" }}
 TRIBUTARY_MAX_IN_FLIGHT_EVENTS: {{ $c.maxInFlightEvents | int | quote }}
+TRIBUTARY_MAX_IN_FLIGHT_BYTES: {{ $c.maxInFlightBytes | quote }}
 TRIBUTARY_STREAM_WINDOW: {{ $c.streamWindow | int | quote }}
 TRIBUTARY_PRODUCE_TIMEOUT: {{ $c.produceTimeout | quote }}
 TRIBUTARY_PRODUCE_LINGER: {{ $c.linger | quote }}

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tributary_platform::config::{ShutdownArgs, TelemetryArgs, parse_duration};
+use tributary_platform::config::{ShutdownArgs, TelemetryArgs, parse_bytes, parse_duration};
 
 /// The ingest service. Every flag also reads a TRIBUTARY_* variable.
 #[derive(Debug, Clone, clap::Parser)]
@@ -36,6 +36,11 @@ pub struct Config {
     /// are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "TRIBUTARY_MAX_IN_FLIGHT_EVENTS", default_value_t = 50_000)]
     pub max_in_flight_events: usize,
+    /// Bytes of encoded events being produced at once, over all requests
+    /// (the memory that bound holds); past it, RESOURCE_EXHAUSTED too.
+    /// Whichever of the two bounds is reached first refuses.
+    #[arg(long, env = "TRIBUTARY_MAX_IN_FLIGHT_BYTES", value_parser = parse_bytes, default_value = "256MiB")]
+    pub max_in_flight_bytes: u64,
     /// Unacknowledged events one PublishStream may have before ingest stops
     /// reading from it (backpressure).
     #[arg(long, env = "TRIBUTARY_STREAM_WINDOW", default_value_t = 2_000)]

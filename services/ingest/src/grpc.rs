@@ -36,6 +36,8 @@ pub struct IngestApi {
     pub topic: Arc<str>,
     /// Bounds events being produced, over all requests.
     pub in_flight: Arc<Semaphore>,
+    /// Bounds the bytes of the events being produced, in KiB.
+    pub in_flight_kib: Arc<Semaphore>,
     pub stream_window: usize,
     pub metrics: IngestMetrics,
     pub instance: Arc<str>,
@@ -255,23 +257,45 @@ impl IngestApi {
         answers
     }
 
-    fn shed(&self, n: usize) -> Status {
+    fn shed(&self, n: usize, what: String) -> Status {
         self.metrics.rejected(Rejection::Overloaded, n as u64);
         pstatus::resource_exhausted_retry(
-            format!(
-                "ingest is at its in-flight limit ({} events free, {n} asked); retry with backoff",
-                self.in_flight.available_permits()
-            ),
+            format!("ingest is at its in-flight limit ({what}); retry with backoff"),
             SHED_RETRY_AFTER,
         )
     }
 
-    fn try_reserve(&self, n: usize) -> Result<OwnedSemaphorePermit, Status> {
-        let n32 = u32::try_from(n).map_err(|_| self.shed(n))?;
-        self.in_flight
-            .clone()
-            .try_acquire_many_owned(n32)
-            .map_err(|_| self.shed(n))
+    /// Room for `events`, by count and by bytes (both bounds hold while
+    /// the permits live), or RESOURCE_EXHAUSTED with RetryInfo.
+    fn try_reserve(&self, events: &[&Prepared]) -> Result<[OwnedSemaphorePermit; 2], Status> {
+        let n = events.len();
+        let bytes: usize = events.iter().map(|p| p.key.len() + p.value.len()).sum();
+        let kib = bytes.div_ceil(1024);
+        let count = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.in_flight.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                self.shed(
+                    n,
+                    format!(
+                        "{} events free, {n} asked",
+                        self.in_flight.available_permits()
+                    ),
+                )
+            })?;
+        let size = u32::try_from(kib)
+            .ok()
+            .and_then(|k| self.in_flight_kib.clone().try_acquire_many_owned(k).ok())
+            .ok_or_else(|| {
+                self.shed(
+                    n,
+                    format!(
+                        "{} KiB of event bytes free, {kib} KiB asked",
+                        self.in_flight_kib.available_permits()
+                    ),
+                )
+            })?;
+        Ok([count, size])
     }
 }
 
@@ -361,7 +385,7 @@ impl IngestApi {
         let _permit = if valid.is_empty() {
             None
         } else {
-            Some(self.try_reserve(valid.len())?)
+            Some(self.try_reserve(&valid)?)
         };
 
         // The valid events' outcomes, merged back between the invalid ones'.

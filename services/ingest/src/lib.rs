@@ -69,6 +69,11 @@ impl Ingest {
             producer: producer.clone(),
             topic: Arc::from(config.kafka.topic.as_str()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_events)),
+            in_flight_kib: Arc::new(Semaphore::new(
+                usize::try_from(config.max_in_flight_bytes / 1024)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             stream_window: config.stream_window,
             metrics: metrics::IngestMetrics::register(&registry)?,
             instance: Arc::from(instance_name().as_str()),

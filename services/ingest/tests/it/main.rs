@@ -293,6 +293,33 @@ async fn sheds_load_and_reports_an_unreachable_broker() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     t1.cancel();
 
+    // Room for many events but 2 KiB of bytes: one small event passes, a
+    // batch of large ones is shed by its bytes, with RetryInfo.
+    let (mut small, t3) = start(&db, &kafka, &["--max-in-flight-bytes=2KiB"]).await;
+    small
+        .publish(PublishRequest {
+            event: Some(event("a", "u")),
+        })
+        .await
+        .unwrap();
+    let mut big = event("a", "u");
+    big.payload = Some(tributary_proto::json::json_to_struct(
+        serde_json::json!({"text": "x".repeat(1500)})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    ));
+    let status = small
+        .publish_batch(PublishBatchRequest {
+            events: vec![big.clone(), big],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("KiB"), "{status:?}");
+    assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    t3.cancel();
+
     // Nothing listens on this port: the broker is known to be down, so calls
     // under a 5 s deadline are refused at once (the producer's own timeout
     // is left at its 10 s), UNAVAILABLE with RetryInfo, never held until
