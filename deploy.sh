@@ -621,6 +621,18 @@ start_tracesink() {
   log_info "started the trace sink (pid $pid), spans in $TRACE_FILE"
 }
 
+# wait_http_ready PART URL: until URL answers 200 (30 s at most, and only
+# while PART runs).
+wait_http_ready() {
+  local part=$1 url=$2 i
+  for ((i = 0; i < 60; i++)); do
+    [[ "$(http_status "$url")" == 200 ]] && return 0
+    pid_alive "$part" || return 1
+    sleep 0.5
+  done
+  return 1
+}
+
 # The local pager and ticket system: every notification Alertmanager sends
 # becomes a line of $ALERT_FILE (scripts/alert-receiver.py).
 start_alertsink() {
@@ -633,8 +645,11 @@ start_alertsink() {
   port_open 127.0.0.1 "$ALERT_SINK_PORT" &&
     die "port $ALERT_SINK_PORT (alert sink) is in use by a process this script did not start"
   mkdir -p "$TB_LOG_DIR"
-  # Started as itself (its #! finds python3), so its pid file names the script.
-  pid=$(pid_start alertsink "$log" "$ROOT/scripts/alert-receiver.py" \
+  # The interpreter's real path (python3 may be a shim that execs another
+  # program), so the pid file names what really runs.
+  local python
+  python=$(python3 -c 'import sys; print(sys.executable)') || die "python3 does not run"
+  pid=$(pid_start alertsink "$log" "$python" "$ROOT/scripts/alert-receiver.py" \
     --listen "127.0.0.1:$ALERT_SINK_PORT" --out "$ALERT_FILE")
   wait_for_port 127.0.0.1 "$ALERT_SINK_PORT" 30 alertsink || {
     log_tail "$log"
@@ -661,13 +676,7 @@ start_alertmanager() {
     --storage.path="$TB_STATE_DIR/alertmanager" \
     --web.listen-address="127.0.0.1:$ALERTMANAGER_PORT" \
     --cluster.listen-address=)
-  local i
-  for ((i = 0; i < 60; i++)); do
-    [[ "$(http_status "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready")" == 200 ]] && break
-    pid_alive alertmanager || break
-    sleep 0.5
-  done
-  [[ "$(http_status "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready")" == 200 ]] || {
+  wait_http_ready alertmanager "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready" || {
     log_tail "$log"
     die "alertmanager did not become ready (pid $pid)"
   }
@@ -690,13 +699,7 @@ start_prometheus() {
     --storage.tsdb.path="$TB_STATE_DIR/prometheus" \
     --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
     --web.enable-lifecycle)
-  local i
-  for ((i = 0; i < 60; i++)); do
-    [[ "$(http_status "http://127.0.0.1:$PROMETHEUS_PORT/-/ready")" == 200 ]] && break
-    pid_alive prometheus || break
-    sleep 0.5
-  done
-  [[ "$(http_status "http://127.0.0.1:$PROMETHEUS_PORT/-/ready")" == 200 ]] || {
+  wait_http_ready prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" || {
     log_tail "$log"
     die "prometheus did not become ready (pid $pid)"
   }
@@ -704,6 +707,20 @@ start_prometheus() {
 }
 
 # ---------------------------------------------------------------- status
+
+# http_part_status PART ADDR PATH LABEL: the status line of a part whose
+# health is GET ADDR/PATH answering 200.
+http_part_status() {
+  local part=$1 addr=$2 path=$3 label=$4 pid code
+  if pid=$(pid_get "$part"); then
+    code=$(http_status "$addr$path")
+    printf 'running\t%s\t%s\t%s=%s\n' "$pid" "$addr" "$label" "$code"
+    [[ "$code" == 200 ]]
+    return
+  fi
+  printf 'stopped\t-\t%s\t-\n' "$addr"
+  return 1
+}
 
 # part_status PART: prints "STATE PID ADDRESS HEALTH" (tab separated); returns
 # 0 when the part is running (or external) and healthy.
@@ -767,39 +784,9 @@ part_status() {
       printf 'stopped\t-\t%s\t-\n' "$addr"
       return 1
       ;;
-    alertsink)
-      addr="http://127.0.0.1:$ALERT_SINK_PORT"
-      if pid=$(pid_get alertsink); then
-        ready=$(http_status "$addr/-/healthy")
-        printf 'running\t%s\t%s\thealthy=%s\n' "$pid" "$addr" "$ready"
-        [[ "$ready" == 200 ]]
-        return
-      fi
-      printf 'stopped\t-\t%s\t-\n' "$addr"
-      return 1
-      ;;
-    alertmanager)
-      addr="http://127.0.0.1:$ALERTMANAGER_PORT"
-      if pid=$(pid_get alertmanager); then
-        ready=$(http_status "$addr/-/ready")
-        printf 'running\t%s\t%s\tready=%s\n' "$pid" "$addr" "$ready"
-        [[ "$ready" == 200 ]]
-        return
-      fi
-      printf 'stopped\t-\t%s\t-\n' "$addr"
-      return 1
-      ;;
-    prometheus)
-      addr="http://127.0.0.1:$PROMETHEUS_PORT"
-      if pid=$(pid_get prometheus); then
-        ready=$(http_status "$addr/-/ready")
-        printf 'running\t%s\t%s\tready=%s\n' "$pid" "$addr" "$ready"
-        [[ "$ready" == 200 ]]
-        return
-      fi
-      printf 'stopped\t-\t%s\t-\n' "$addr"
-      return 1
-      ;;
+    alertsink) http_part_status alertsink "http://127.0.0.1:$ALERT_SINK_PORT" /-/healthy healthy ;;
+    alertmanager) http_part_status alertmanager "http://127.0.0.1:$ALERTMANAGER_PORT" /-/ready ready ;;
+    prometheus) http_part_status prometheus "http://127.0.0.1:$PROMETHEUS_PORT" /-/ready ready ;;
     *)
       local grpc http ready
       grpc=$(svc_grpc_port "$part")
