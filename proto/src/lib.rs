@@ -25,5 +25,5 @@ pub mod json;
 pub mod validate;
 pub mod wire;
 
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

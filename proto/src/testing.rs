@@ -23,6 +23,16 @@ use serde_json::{Map, Number, Value as Json};
 use crate::v1::Event;
 use crate::validate::FieldViolation;
 
+/// Every property test's settings: 256 cases, and no failure files
+/// written into the tree (a failure found becomes a plain regression test).
+pub fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 /// Strings as a client may send them in an event's text fields.
 pub fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -304,7 +314,8 @@ pub fn is_text_field(s: &str) -> bool {
     s.chars().count() <= 256 && !s.contains('\0')
 }
 
-fn nanos_since_epoch(t: SystemTime) -> i128 {
+/// Nanoseconds since the epoch, negative before it.
+pub fn nanos_since_epoch(t: SystemTime) -> i128 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(e) => -(e.duration().as_nanos() as i128),

@@ -330,11 +330,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::testing::config())]
 
             /// Any event, judged at any time: accepted exactly when README's
             /// rules allow it (with the payload's JSON text and occurred_at
@@ -400,11 +396,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::testing::config())]
 
             /// What ingest calls, with the payload's JSON already written (or
             /// refused): the text is kept as it is unless over 64 KiB, and a

@@ -1082,11 +1082,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::testing::config())]
 
             /// Any bytes: what prost decodes as a Struct is written exactly
             /// as the prost Struct + serde_json path writes it (and that is
@@ -1129,11 +1125,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::testing::config())]
 
             /// Any request bytes, through what ingest does with them: decoded
             /// with the payloads kept as bytes (refused only where prost's own

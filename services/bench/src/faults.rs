@@ -442,14 +442,8 @@ fn faults(options: &Options, durable: bool) -> Vec<Fault> {
 
 pub async fn run(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow::Result<Value> {
     let deployment = options.deployment();
-    for part in [
-        "ingest",
-        "processor",
-        "query",
-        "admin",
-        "broker",
-        "postgres",
-    ] {
+    // Every part of the deployment (procs::PARTS less the bench itself).
+    for &part in procs::PARTS.iter().filter(|&&p| p != "client") {
         if deployment.pid(part).is_none() {
             bail!("the faults scenario needs the whole deployment running: {part} is not");
         }

@@ -314,6 +314,9 @@ mod tests {
         use prost_types::Timestamp;
         use rdkafka::message::{Header, OwnedHeaders};
         use serde_json::Value as Json;
+        use tributary_proto::testing::{
+            is_event_id, is_event_type, is_text_field, nanos_since_epoch as nanos, seconds,
+        };
         use tributary_proto::v1::{Event, IngestMetadata};
 
         use super::*;
@@ -341,18 +344,6 @@ mod tests {
 
         fn event_id() -> impl Strategy<Value = String> {
             prop_oneof![1 => Just(String::new()), 16 => "[A-Za-z0-9._:-]{1,129}", 1 => text()]
-        }
-
-        /// Seconds since the epoch: near now, around 0, both ends of `i64`.
-        fn seconds() -> impl Strategy<Value = i64> {
-            let now = Timestamp::from(SystemTime::now()).seconds;
-            prop_oneof![
-                4 => now - 3 * 86_400..now + 3 * 86_400,
-                1 => -2i64..2,
-                1 => i64::MAX - 8_000..=i64::MAX,
-                1 => i64::MIN..=i64::MIN + 8_000,
-                2 => any::<i64>(),
-            ]
         }
 
         fn timestamp() -> impl Strategy<Value = Timestamp> {
@@ -529,31 +520,8 @@ mod tests {
             )
         }
 
-        // The oracles: README's rules, over chars and i128 nanoseconds.
-
-        fn is_event_type(s: &str) -> bool {
-            let mut chars = s.chars();
-            matches!(chars.next(), Some('a'..='z'))
-                && s.chars().count() <= 64
-                && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '.' | '-'))
-        }
-
-        fn is_event_id(s: &str) -> bool {
-            (1..=128).contains(&s.chars().count())
-                && s.chars()
-                    .all(|c| matches!(c, 'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' | ':' | '-'))
-        }
-
-        fn is_text_field(s: &str) -> bool {
-            s.chars().count() <= 256 && !s.contains('\0')
-        }
-
-        fn nanos(t: SystemTime) -> i128 {
-            match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => d.as_nanos() as i128,
-                Err(e) => -(e.duration().as_nanos() as i128),
-            }
-        }
+        // The oracles (README's rules over chars and i128 nanoseconds) are
+        // tributary_proto::testing's; these two are the processor's own.
 
         fn has_nul(j: &Json) -> bool {
             match j {
@@ -687,11 +655,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(tributary_proto::testing::config())]
 
             /// Any record: stored as a row README's rules allow (the
             /// envelope's event, payload text as it came, occurred_at in
@@ -744,11 +708,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(tributary_proto::testing::config())]
 
             /// What ingest accepts, the processor stores as it was accepted:
             /// any event valid at any receipt time (from 1970 to the end of

@@ -160,33 +160,19 @@ mod tests {
     }
 
     mod properties {
-        use std::time::SystemTime;
-
         use proptest::collection::vec;
         use proptest::option;
         use proptest::prelude::*;
         use prost_types::Timestamp;
         use serde_json::{Value as Json, json};
+        // The oracles restate README's rules apart from the code under test.
+        use tributary_proto::testing::{is_event_id, nanos_since_epoch as nanos};
 
         use super::*;
-
-        /// `^[A-Za-z0-9._:-]{1,128}$`, over chars.
-        fn is_event_id(s: &str) -> bool {
-            (1..=128).contains(&s.chars().count())
-                && s.chars()
-                    .all(|c| matches!(c, 'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' | ':' | '-'))
-        }
 
         /// 4714-11-24 BC, the first microsecond PostgreSQL's timestamptz
         /// holds, as microseconds since the Unix epoch.
         const POSTGRES_EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
-
-        fn nanos(t: SystemTime) -> i128 {
-            match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => d.as_nanos() as i128,
-                Err(e) => -(e.duration().as_nanos() as i128),
-            }
-        }
 
         fn filter() -> impl Strategy<Value = EventFilter> {
             (
@@ -347,11 +333,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(tributary_proto::testing::config())]
 
             /// Any page token: a cursor the store can bind (an event id, a
             /// time in PostgreSQL's range, in microseconds) for the filter it
@@ -392,11 +374,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(tributary_proto::testing::config())]
 
             /// Every cursor the store can give (an event id, a time in
             /// PostgreSQL's range in microseconds) comes back from its token,
