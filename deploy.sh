@@ -671,6 +671,10 @@ start_alertmanager() {
   port_open 127.0.0.1 "$ALERTMANAGER_PORT" &&
     die "port $ALERTMANAGER_PORT (alertmanager) is in use by a process this script did not start"
   mkdir -p "$TB_LOG_DIR" "$TB_STATE_DIR/alertmanager"
+  # A fresh notification log each start: a page sent before a restart and
+  # never resolved would otherwise be held back for its repeat_interval (1 h)
+  # when it fires again. (Silences are kept.)
+  rm -f "$TB_STATE_DIR/alertmanager/nflog"
   pid=$(pid_start alertmanager "$log" "$bin" \
     --config.file="$AM_CONFIG" \
     --storage.path="$TB_STATE_DIR/alertmanager" \
