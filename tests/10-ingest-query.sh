@@ -73,6 +73,51 @@ for spec in "ingest $INGEST_ADDR $INGEST 9601" "query $QUERY_ADDR $QUERY 9603" "
   assert_eq "$name: HTTP /ready answers 200" 200 "$(http_status "http://127.0.0.1:$http/ready")"
 done
 
+# ================================================================ CORS
+section "CORS: gRPC-Web from the live page's origin only"
+WEB_ORIGIN=http://127.0.0.1:8088
+# cors_headers METHOD URL ORIGIN [CURL_ARGS...]: the status line and headers,
+# lower-cased, of a request carrying ORIGIN.
+cors_headers() {
+  local method=$1 url=$2 origin=$3
+  shift 3
+  curl -s -m 5 -o /dev/null -D - -X "$method" -H "Origin: $origin" "$@" "$url" | tr -d '\r' |
+    tr '[:upper:]' '[:lower:]'
+}
+for spec in "ingest $INGEST_ADDR tributary.v1.IngestService/PublishBatch" \
+  "query $QUERY_ADDR tributary.v1.QueryService/TailEvents"; do
+  read -r name addr path <<<"$spec"
+  h=$(cors_headers OPTIONS "http://$addr/$path" "$WEB_ORIGIN" \
+    -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: content-type,x-grpc-web,authorization')
+  assert_match "$name: a preflight from $WEB_ORIGIN is answered 204" '^http/1.1 204' "$h"
+  assert_contains "$name: ... allowing that origin" "$h" "access-control-allow-origin: $WEB_ORIGIN"
+  assert_contains "$name: ... and the gRPC-Web request headers" "$h" \
+    "access-control-allow-headers: content-type, x-grpc-web, x-user-agent, grpc-timeout, authorization"
+  assert_contains "$name: ... exposing the gRPC status headers" "$h" \
+    "access-control-expose-headers: grpc-status, grpc-message, grpc-status-details-bin"
+  h=$(cors_headers OPTIONS "http://$addr/$path" http://127.0.0.1:8089 -H 'Access-Control-Request-Method: POST')
+  assert_match "$name: a preflight from another origin is refused (403)" '^http/1.1 403' "$h"
+  assert_not_contains "$name: ... with no CORS grant" "$h" "access-control-allow-origin"
+done
+h=$(cors_headers OPTIONS "http://${ADMIN_ADDR:-127.0.0.1:50053}/tributary.v1.AdminService/ListTopics" "$WEB_ORIGIN" \
+  -H 'Access-Control-Request-Method: POST')
+assert_match "admin: never callable from a browser (preflight 403)" '^http/1.1 403' "$h"
+# A gRPC-Web call (HTTP/1.1, an empty HealthCheckRequest frame): the allowed
+# origin gets the answer and the grant; another origin is refused before any
+# handler runs (PERMISSION_DENIED), not merely hidden from the page.
+grpc_web_health() {
+  printf '\0\0\0\0\0' | curl -s -m 5 -D - --data-binary @- -H "Origin: $1" \
+    -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' \
+    "http://$INGEST_ADDR/grpc.health.v1.Health/Check" | tr -d '\r' | tr -d '\0' | tr '[:upper:]' '[:lower:]'
+}
+out=$(grpc_web_health "$WEB_ORIGIN")
+assert_contains "ingest: a gRPC-Web Health/Check from $WEB_ORIGIN carries the grant" "$out" \
+  "access-control-allow-origin: $WEB_ORIGIN"
+assert_contains "ingest: ... and succeeds (grpc-status 0 in the body's trailer frame)" "$out" "grpc-status:0"
+out=$(grpc_web_health http://127.0.0.1:8089)
+assert_contains "ingest: the same call from another origin is PERMISSION_DENIED (7)" "$out" "grpc-status: 7"
+assert_not_contains "ingest: ... with no CORS grant" "$out" "access-control-allow-origin"
+
 # ================================================================ Publish
 section "Publish"
 SINGLE_PAYLOAD='{"n":1,"f":2.5,"neg":-7,"s":"héllo ✓ \"quoted\"","b":true,"z":null,"list":[1,"two",{"three":3}],"nested":{"a":{"b":"c"}},"empty":{}}'

@@ -140,7 +140,8 @@ impl Ingest {
             &self.registry,
             &[service_names::INGEST],
             None,
-        )?;
+        )?
+        .with_cors(&self.config.cors);
         let ports = service::Ports {
             name: "ingest",
             grpc: self.grpc,

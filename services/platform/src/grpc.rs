@@ -87,9 +87,11 @@ fn nodelay(
 }
 
 /// What stands between the network and a service's handlers, outermost
-/// first: RED metrics and the server span, gRPC-Web, the API key check, the
-/// call's deadline.
+/// first: CORS, RED metrics and the server span, gRPC-Web, the API key
+/// check, the call's deadline.
 pub struct Edge {
+    /// Origins whose pages may call (gRPC-Web from a browser).
+    pub cors: crate::cors::Cors,
     pub metrics: GrpcServerMetrics,
     pub auth: crate::auth::Auth,
     /// The server's cap on a call's deadline (`None`: the client's only).
@@ -113,6 +115,7 @@ pub async fn serve(
     let drain = token.clone();
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
+        .layer(edge.cors.layer())
         .layer(TelemetryLayer::new(edge.metrics, edge.known_methods))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(edge.auth.layer())

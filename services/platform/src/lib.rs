@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod deadline;
 pub mod egress;
 pub mod grpc;

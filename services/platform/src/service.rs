@@ -35,6 +35,9 @@ pub struct Security {
     pub auth: crate::auth::Auth,
     /// The cap on a call's deadline (`None`: only the client's).
     pub max_call_duration: Option<Duration>,
+    /// Origins whose pages may call from a browser (off unless the service
+    /// takes `--cors-allow-origin`: see [`Security::with_cors`]).
+    pub cors: crate::cors::Cors,
 }
 
 /// The edge settings every service takes (flattened into its config).
@@ -62,7 +65,15 @@ impl Security {
             tls,
             auth,
             max_call_duration,
+            cors: crate::cors::Cors::off(),
         })
+    }
+
+    /// Lets the origins of `--cors-allow-origin` call from a browser.
+    #[must_use]
+    pub fn with_cors(mut self, args: &crate::cors::CorsArgs) -> Self {
+        self.cors = crate::cors::Cors::new(args);
+        self
     }
 }
 
@@ -128,6 +139,7 @@ pub async fn run(
         tls = security.tls.is_some(),
         mutual_tls = security.tls.as_ref().is_some_and(|t| t.mutual()),
         auth = security.auth.enabled(),
+        cors = security.cors.enabled(),
         "{} serving",
         ports.name
     );
@@ -135,6 +147,7 @@ pub async fn run(
         ports.grpc,
         routes.routes(),
         crate::grpc::Edge {
+            cors: security.cors,
             metrics,
             auth: security.auth,
             max_call_duration: security.max_call_duration,

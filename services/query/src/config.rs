@@ -32,6 +32,8 @@ pub struct Config {
     #[command(flatten)]
     pub edge: tributary_platform::service::EdgeArgs,
     #[command(flatten)]
+    pub cors: tributary_platform::cors::CorsArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,

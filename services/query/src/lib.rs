@@ -76,7 +76,8 @@ impl Query {
             &self.registry,
             &[service_names::QUERY],
             Some(self.config.max_call_duration),
-        )?;
+        )?
+        .with_cors(&self.config.cors);
         let ports = service::Ports {
             name: "query",
             grpc: self.grpc,
