@@ -18,7 +18,7 @@ const params = new URLSearchParams(location.search);
 const host = location.hostname || "127.0.0.1";
 const INGEST = params.get("ingest") ?? `http://${host}:50051`;
 const QUERY = params.get("query") ?? `http://${host}:50052`;
-const MAX_ROWS = 60;
+const MAX_ROWS = 25;
 
 const $ = (id: string) => document.getElementById(id) as HTMLElement;
 
@@ -38,6 +38,8 @@ const page = {
   tailErrors: [] as string[],
   aggregate: [] as { type: string; count: number }[],
   rejected: [] as { id: string; message: string }[],
+  /** Ids ingest acknowledged, in order, with their types. */
+  acked: [] as { id: string; type: string }[],
 };
 (window as unknown as { tributaryPage: typeof page }).tributaryPage = page;
 
@@ -50,6 +52,9 @@ const tracker = new Tracker({
   flushIntervalMs: 250,
   onChange: renderState,
   onReject: (e, why) => page.rejected.push({ id: e.id, message: why.message }),
+  onAck: (events) => {
+    for (const e of events) page.acked.push({ id: e.id, type: e.type });
+  },
 });
 page.tracker = tracker;
 $("visitor").textContent = tracker.user;

@@ -99,6 +99,7 @@ export class Tracker {
   private failures = 0;
   /** The last call could not take every waiting event: send the rest at once. */
   private backlog = false;
+  private sendingCount = 0;
   private readonly st: TrackerState = {
     queued: 0,
     sending: 0,
@@ -112,6 +113,8 @@ export class Tracker {
   };
   private readonly cleanup: (() => void)[] = [];
   private stopped = false;
+  /** Between pagehide and a pageshow from the back/forward cache: the page is gone. */
+  private released = false;
 
   constructor(options: TrackerOptions) {
     this.opts = options;
@@ -154,7 +157,8 @@ export class Tracker {
       source: this.source,
       attempts: 0,
     };
-    this.enqueue([e]);
+    this.queue.push(e);
+    this.bound();
     this.persistSoon();
     this.schedule();
     this.changed();
@@ -208,7 +212,7 @@ export class Tracker {
 
   state(): TrackerState {
     this.st.queued = this.queue.length;
-    this.st.sending = this.queue.filter((e) => e.sending).length;
+    this.st.sending = this.sendingCount;
     return { ...this.st, lastError: this.st.lastError && { ...this.st.lastError } };
   }
 
@@ -256,11 +260,12 @@ export class Tracker {
       bytes += size;
     }
     if (batch.length === 0) return;
-    if (!keepalive) this.backlog = this.queue.length - this.queue.filter((e) => e.sending).length > batch.length;
+    if (!keepalive) this.backlog = this.queue.length - this.sendingCount > batch.length;
     for (const e of batch) {
       e.sending = true;
       e.attempts++;
     }
+    this.sendingCount += batch.length;
     if (!keepalive) this.calling = true;
     clearTimeout(this.timer);
     this.changed();
@@ -288,6 +293,7 @@ export class Tracker {
       this.failed(batch, ConnectError.from(err));
     } finally {
       for (const e of batch) e.sending = false;
+      this.sendingCount -= batch.length;
       if (!keepalive) this.calling = false;
       this.persistSoon();
       this.changed();
@@ -403,6 +409,11 @@ export class Tracker {
     if (events.length === 0) return;
     const have = new Set(this.queue.map((e) => e.id));
     for (const e of events) if (!have.has(e.id)) this.queue.push(e);
+    this.bound();
+  }
+
+  /** Drops the oldest events not in a call while the queue is over maxQueue. */
+  private bound(): void {
     const max = Math.max(1, this.opts.maxQueue ?? 10000);
     if (this.queue.length > max) {
       // Drop the oldest that are not in a call.
@@ -423,14 +434,14 @@ export class Tracker {
     if (this.persistTimer !== undefined) return;
     this.persistTimer = setTimeout(() => {
       this.persistTimer = undefined;
-      this.store.save(this.queue);
+      this.store.save(this.queue, this.released);
     }, 250);
   }
 
-  private persistNow(released: boolean): void {
+  private persistNow(): void {
     clearTimeout(this.persistTimer);
     this.persistTimer = undefined;
-    this.store.save(this.queue, released);
+    this.store.save(this.queue, this.released);
   }
 
   private changed(): void {
@@ -483,17 +494,25 @@ export class Tracker {
       );
     }
     // The last flush: a page that is hidden may never run again.
-    const leave = (released: boolean) => {
-      this.persistNow(released);
+    // Chrome fires pagehide, then visibilitychange: once released, every
+    // later save keeps saying so, so the next page adopts the events at once.
+    const leave = () => {
+      this.persistNow();
       void this.send(true);
     };
     on(document, "visibilitychange", () => {
-      if (document.visibilityState === "hidden") leave(false);
+      if (document.visibilityState === "hidden") leave();
     });
-    on(window, "pagehide", () => leave(true));
+    on(window, "pagehide", () => {
+      this.released = true;
+      leave();
+    });
     on(window, "pageshow", (ev) => {
       // Back from the back/forward cache: this instance lives again.
-      if ((ev as PageTransitionEvent).persisted) this.persistNow(false);
+      if ((ev as PageTransitionEvent).persisted) {
+        this.released = false;
+        this.persistNow();
+      }
     });
     on(window, "online", () => {
       this.st.retryAt = 0;
