@@ -6,10 +6,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TB_LOG_PREFIX=deploy
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
+# shellcheck source=scripts/web.sh
+source "$ROOT/scripts/web.sh"
 
 SERVICES=(ingest processor query admin)
 # Started in this order, stopped in reverse.
-PARTS=(postgres broker tracesink "${SERVICES[@]}" alertsink alertmanager prometheus)
+PARTS=(postgres broker tracesink "${SERVICES[@]}" alertsink alertmanager prometheus web)
 TRACE_SINK_PORT=4317
 PROMETHEUS_PORT=9090
 ALERTMANAGER_PORT=9093
@@ -60,7 +62,7 @@ Commands:
                    and wait until it is healthy.
   stop PART        Stop one part.
                    PART: ingest, processor, query, admin, broker, postgres,
-                   tracesink, alertsink, alertmanager or prometheus.
+                   tracesink, alertsink, alertmanager, prometheus or web.
   k8s --env ENV    Install or upgrade the Helm chart charts/tributary on the
                    current kubectl context (ENV: dev, staging or prod):
                      helm upgrade --install tributary charts/tributary
@@ -134,6 +136,9 @@ Local endpoints (on TRIBUTARY_BIND_HOST):
   tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans to \$TRIBUTARY_STATE_DIR/traces/spans.jsonl
   prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all four, evaluates observability/prometheus/rules)
   alertmanager http://127.0.0.1:$ALERTMANAGER_PORT (observability/alertmanager/alertmanager.yml)
+  web        http://127.0.0.1:$TB_WEB_PORT the live page (clients/web; plain mode only): the
+             browser tracker sends your clicks to ingest over gRPC-Web and the page
+             shows them coming back through query (TailEvents, AggregateEvents)
   alertsink  http://127.0.0.1:$ALERT_SINK_PORT/{pager,ticket}: Alertmanager's webhooks, one
              JSON line per notification in \$TRIBUTARY_STATE_DIR/logs/alerts.jsonl
   broker     127.0.0.1:$BROKER_PORT (nisshi; storage engine: see --broker-engine)
@@ -715,6 +720,41 @@ start_prometheus() {
   log_info "started prometheus (pid $pid) on 127.0.0.1:$PROMETHEUS_PORT"
 }
 
+# ---------------------------------------------------------------- web (the live page)
+#
+# Part `web`: the live page of clients/web, built (esbuild) into
+# $TB_STATE_DIR/web and served on 127.0.0.1:$TB_WEB_PORT by python's
+# http.server. Plain mode only: with --secure, ingest and query serve TLS
+# with the local CA, which a browser does not trust. Ingest and query must
+# allow the page's origin (web_cors_origins) in TRIBUTARY_CORS_ALLOW_ORIGIN.
+
+# The origins the local ingest and query allow for the page.
+web_cors_origins() { printf 'http://127.0.0.1:%s,http://localhost:%s\n' "$TB_WEB_PORT" "$TB_WEB_PORT"; }
+
+start_web() {
+  local pid log="$TB_LOG_DIR/web.log" python
+  if secure; then
+    log_info "web: not started in --secure mode (the browser would not trust the local CA)"
+    return 0
+  fi
+  if pid=$(pid_get web); then
+    web_build # the page follows the checkout; the server serves the new files
+    log_info "web already running (pid $pid)"
+    return 0
+  fi
+  port_open 127.0.0.1 "$TB_WEB_PORT" &&
+    die "port $TB_WEB_PORT (web) is in use by a process this script did not start"
+  web_build
+  mkdir -p "$TB_LOG_DIR"
+  python=$(python3 -c 'import sys; print(sys.executable)') || die "python3 does not run"
+  pid=$(pid_start web "$log" "$python" -m http.server --bind 127.0.0.1 --directory "$TB_WEB_OUT/page" "$TB_WEB_PORT")
+  wait_http_ready web "http://127.0.0.1:$TB_WEB_PORT/" || {
+    log_tail "$log"
+    die "the web page server did not start (pid $pid)"
+  }
+  log_info "started web (pid $pid): the live page on http://127.0.0.1:$TB_WEB_PORT"
+}
+
 # ---------------------------------------------------------------- status
 
 # http_part_status PART ADDR PATH LABEL: the status line of a part whose
@@ -796,6 +836,13 @@ part_status() {
     alertsink) http_part_status alertsink "http://127.0.0.1:$ALERT_SINK_PORT" /-/healthy healthy ;;
     alertmanager) http_part_status alertmanager "http://127.0.0.1:$ALERTMANAGER_PORT" /-/ready ready ;;
     prometheus) http_part_status prometheus "http://127.0.0.1:$PROMETHEUS_PORT" /-/ready ready ;;
+    web)
+      if secure && ! pid_alive web; then
+        printf 'off\t-\thttp://127.0.0.1:%s\tplain-mode-only\n' "$TB_WEB_PORT"
+        return 0
+      fi
+      http_part_status web "http://127.0.0.1:$TB_WEB_PORT" / page
+      ;;
     *)
       local grpc http ready
       grpc=$(svc_grpc_port "$part")
@@ -831,7 +878,7 @@ cmd_status() {
   if [[ "$porcelain" != 1 ]]; then
     echo
     echo "options: $(cfg_summary)$([[ -f "$CFG_FILE" ]] || echo ' (defaults; nothing saved)')"
-    echo "logs:    $TB_LOG_DIR/{postgres,broker,migrate,tracesink,ingest,processor,query,admin,alertsink,alertmanager,prometheus}.log"
+    echo "logs:    $TB_LOG_DIR/{postgres,broker,migrate,tracesink,ingest,processor,query,admin,alertsink,alertmanager,prometheus,web}.log"
   fi
   return "$rc"
 }
@@ -839,7 +886,7 @@ cmd_status() {
 anything_running() {
   local s
   pg_running && return 0
-  for s in broker tracesink "${SERVICES[@]}" alertsink alertmanager prometheus; do
+  for s in broker tracesink "${SERVICES[@]}" alertsink alertmanager prometheus web; do
     pid_alive "$s" && return 0
   done
   return 1
@@ -872,6 +919,7 @@ EOF
   echo "  tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans in $TRACE_FILE"
   echo "  prometheus http://127.0.0.1:$PROMETHEUS_PORT (alerts: /alerts)   log $TB_LOG_DIR/prometheus.log"
   echo "  alertmanager http://127.0.0.1:$ALERTMANAGER_PORT, notifications (pager, ticket) in $ALERT_FILE"
+  secure || echo "  web        http://127.0.0.1:$TB_WEB_PORT  <- open this: the live page (your clicks, through the pipeline and back)"
   if secure; then
     print_secure_examples
     return
@@ -1024,6 +1072,7 @@ cmd_up() {
   fi
   start_alertmanager
   start_prometheus
+  start_web
   print_summary
 }
 
@@ -1031,6 +1080,7 @@ cmd_down() {
   require_root
   load_saved_cfg || true
   local s failed=0
+  pid_stop web || failed=1
   pid_stop prometheus || failed=1
   pid_stop alertmanager || failed=1
   pid_stop alertsink || failed=1
@@ -1071,6 +1121,7 @@ cmd_start() {
     prometheus) start_prometheus ;;
     alertmanager) start_alertmanager ;;
     alertsink) start_alertsink ;;
+    web) start_web ;;
     *)
       ensure_grpcurl
       svc_start "$part"
