@@ -21,9 +21,6 @@ AM_CONFIG="$ROOT/observability/alertmanager/alertmanager.yml"
 TRACE_FILE="$TB_STATE_DIR/traces/spans.jsonl"
 PROM_CONFIG="$ROOT/observability/prometheus/prometheus.yml"
 BROKER_PORT=9092
-# The live page's origin: ingest and query answer gRPC-Web calls from it
-# (--cors-allow-origin; never admin).
-WEB_ORIGIN="http://127.0.0.1:8088"
 CFG_FILE="$TB_STATE_DIR/deploy.env"
 PG_DIR="$TB_STATE_DIR/postgres"
 PG_DATA="$PG_DIR/data"
@@ -558,8 +555,12 @@ svc_start() {
     unset TRIBUTARY_WEBHOOK_ALLOW_CIDR
     [[ -z "$CFG_WEBHOOK_ALLOW" ]] || export TRIBUTARY_WEBHOOK_ALLOW_CIDR="$CFG_WEBHOOK_ALLOW"
     export_dependency_env
+    # The live page (part web, plain mode only) calls ingest and query over
+    # gRPC-Web from its origin; admin never answers a browser.
     unset TRIBUTARY_CORS_ALLOW_ORIGIN
-    case $name in ingest | query) export TRIBUTARY_CORS_ALLOW_ORIGIN="$WEB_ORIGIN" ;; esac
+    if ! secure && [[ $name == ingest || $name == query ]]; then
+      export TRIBUTARY_CORS_ALLOW_ORIGIN="$(web_cors_origins)"
+    fi
     if secure; then
       export TRIBUTARY_AUTH=on
       export TRIBUTARY_BOOTSTRAP_ADMIN_KEY_FILE="$SECRETS_DIR/admin.key"

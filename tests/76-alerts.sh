@@ -50,8 +50,12 @@ for part in alertsink alertmanager; do
 done
 check "alertmanager is running and ready" al_part_healthy alertmanager
 check "the alert sink (receiver on 127.0.0.1:9095) is running" al_part_healthy alertsink
-assert_eq "Prometheus sends alerts to the local Alertmanager" 1 \
-  "$(curl -fsS -m 5 "$AL_PROM/api/v1/alertmanagers" | jq '[.data.activeAlertmanagers[] | select(.url | startswith("http://127.0.0.1:9093"))] | length')"
+# A Prometheus that has just started finds it within seconds.
+al_am_active() {
+  [[ "$(curl -fsS -m 5 "$AL_PROM/api/v1/alertmanagers" |
+    jq '[.data.activeAlertmanagers[] | select(.url | startswith("http://127.0.0.1:9093"))] | length')" == 1 ]]
+}
+check "Prometheus sends alerts to the local Alertmanager" poll 30 al_am_active
 
 guard_processor
 AL_SINCE=$(al_lines)
