@@ -397,6 +397,8 @@ TRIBUTARY_TLS_CLIENT_KEY: {{ printf "%s/tls.key" $dir | quote }}
 TRIBUTARY_HTTP_TLS: "true"
 {{- end }}
 TRIBUTARY_AUTH: {{ ternary "on" "off" $root.Values.auth.enabled | quote }}
+TRIBUTARY_MAX_CONCURRENT_CALLS: {{ $root.Values.admission.maxConcurrentCalls | int | quote }}
+TRIBUTARY_MAX_STREAMS: {{ $root.Values.admission.maxStreams | int | quote }}
 {{- with $root.Values.auth.openMethods }}
 TRIBUTARY_AUTH_OPEN_METHODS: {{ join "," . | quote }}
 {{- end }}
@@ -426,6 +428,10 @@ TRIBUTARY_MAX_CALL_DURATION: {{ $c.maxCallDuration | quote }}
 TRIBUTARY_MAX_IN_FLIGHT_EVENTS: {{ $c.maxInFlightEvents | int | quote }}
 TRIBUTARY_MAX_IN_FLIGHT_BYTES: {{ $c.maxInFlightBytes | quote }}
 TRIBUTARY_STREAM_WINDOW: {{ $c.streamWindow | int | quote }}
+TRIBUTARY_MAX_QUEUE_DELAY: {{ $c.maxQueueDelay | quote }}
+{{- with $c.corsAllowOrigin }}
+TRIBUTARY_CORS_ALLOW_ORIGIN: {{ join "," . | quote }}
+{{- end }}
 TRIBUTARY_PRODUCE_TIMEOUT: {{ $c.produceTimeout | quote }}
 TRIBUTARY_PRODUCE_LINGER: {{ $c.linger | quote }}
 {{- else if eq .component "processor" }}

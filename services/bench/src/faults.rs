@@ -151,7 +151,7 @@ fn code_name(code: tonic::Code) -> String {
 /// in the middle of a call (the server was killed) is `ConnectionLost`.
 /// tonic's client reports that as UNKNOWN "transport error", made up on the
 /// client side (grpc-go and grpc-java say UNAVAILABLE); no server sent it.
-fn status_key(status: &tonic::Status) -> String {
+pub(crate) fn status_key(status: &tonic::Status) -> String {
     if status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some() {
         "ConnectionLost".to_owned()
     } else {
@@ -382,7 +382,7 @@ async fn second_processor(options: &Options) -> anyhow::Result<tokio::process::C
 }
 
 /// How many of `ids` are stored.
-async fn stored_of(db: &tokio_postgres::Client, ids: &[String]) -> anyhow::Result<u64> {
+pub(crate) async fn stored_of(db: &tokio_postgres::Client, ids: &[String]) -> anyhow::Result<u64> {
     let mut stored = 0u64;
     for chunk in ids.chunks(10_000) {
         let row = db
@@ -400,7 +400,11 @@ async fn stored_of(db: &tokio_postgres::Client, ids: &[String]) -> anyhow::Resul
 /// Waits until every id in `ids` is stored; how long that took from `since`
 /// (ledger time), or `None` within `limit`. Connects afresh each try:
 /// PostgreSQL may be the part that is down.
-async fn wait_stored(options: &Options, ids: &[String], limit: Duration) -> Option<Instant> {
+pub(crate) async fn wait_stored(
+    options: &Options,
+    ids: &[String],
+    limit: Duration,
+) -> Option<Instant> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(db) = crate::connect(&options.database_url).await

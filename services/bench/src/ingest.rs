@@ -265,7 +265,7 @@ async fn ours_stream(channel: Connection, prefix: String, limit: Limit) -> Outco
     out
 }
 
-fn tokio_stream_from(
+pub(crate) fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<PublishRequest>,
 ) -> impl futures_util::Stream<Item = PublishRequest> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))

@@ -9,6 +9,7 @@ pub mod data;
 pub mod e2e;
 pub mod faults;
 pub mod ingest;
+pub mod overload;
 pub mod payload;
 pub mod persist;
 pub mod procs;
@@ -24,8 +25,8 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 /// Every scenario's name (an unknown one is refused, never skipped).
-pub const SCENARIOS: [&str; 7] = [
-    "payload", "ingest", "persist", "e2e", "query", "security", "faults",
+pub const SCENARIOS: [&str; 8] = [
+    "payload", "ingest", "persist", "e2e", "query", "security", "faults", "overload",
 ];
 
 /// Benchmarks of the local deployment (`./deploy.sh up`): ingest, persist,
@@ -43,7 +44,10 @@ pub struct Options {
     /// process and needs no deployment; security starts ingests of its own:
     /// what API keys and TLS cost per call). Not in the default set: faults
     /// (kills and freezes each part of the deployment under load and checks
-    /// that nothing acknowledged is lost or doubled; see BENCHMARKS.md).
+    /// that nothing acknowledged is lost or doubled; see BENCHMARKS.md) and
+    /// overload (three times the callers that reach ingest's maximum, half
+    /// with 4 MiB batches, plus slow stream readers, against an ingest of its
+    /// own: refusals, recovery and each service's peak memory; FAULTS.md).
     #[arg(
         long,
         value_delimiter = ',',

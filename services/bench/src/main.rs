@@ -3,7 +3,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tributary_bench::{
-    Checks, Options, e2e, faults, ingest, payload, persist, procs, query, security, topic,
+    Checks, Options, e2e, faults, ingest, overload, payload, persist, procs, query, security, topic,
 };
 
 #[tokio::main]
@@ -117,6 +117,9 @@ async fn run(options: &Options, checks: &mut Checks, report: &mut Value) -> anyh
     }
     if options.wants("faults") {
         report["scenarios"]["faults"] = faults::run(options, checks, &run_id).await?;
+    }
+    if options.wants("overload") {
+        report["scenarios"]["overload"] = overload::run(options, checks, &run_id).await?;
     }
     if options.wants("security") {
         tributary_bench::processor(options, "stop").await?;

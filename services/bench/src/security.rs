@@ -28,16 +28,21 @@ use crate::{Checks, Options};
 
 const MODES: [Mode; 2] = [Mode::Batch(1), Mode::Batch(1000)];
 
-struct Variant {
-    name: &'static str,
-    child: tokio::process::Child,
-    pid: u32,
-    connections: Vec<Connection>,
+/// An ingest of the bench's own.
+pub(crate) struct Variant {
+    pub name: &'static str,
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// `http://127.0.0.1:PORT` of its gRPC port.
+    pub url: String,
+    /// `--clients` connections to it.
+    pub connections: Vec<Connection>,
 }
 
-/// Starts one ingest with `edge` settings (environment); waits until a
-/// publish through `tls` and `key` is acknowledged.
-async fn start(
+/// Starts one ingest with `edge` settings (environment) on free ports, over
+/// the deployment's broker and database; waits until a publish through `tls`
+/// and `key` is acknowledged.
+pub(crate) async fn start(
     options: &Options,
     binary: &Path,
     name: &'static str,
@@ -92,6 +97,7 @@ async fn start(
         name,
         child,
         pid,
+        url,
         connections,
     })
 }

@@ -3,7 +3,9 @@
 //! refused at once with UNAVAILABLE and RetryInfo (instead of waiting out the
 //! client's deadline on records that cannot be acknowledged), calls already
 //! waiting are answered the same way, and `/ready` says why. The first answer
-//! after an outage lets calls through again.
+//! after an outage lets calls through again. A probe that times out while
+//! records are being acknowledged does not count: the broker is busy, not
+//! down.
 
 use std::time::Duration;
 
@@ -46,8 +48,14 @@ impl BrokerHealth {
                     () = token.cancelled() => break,
                     _ = tick.tick() => {}
                 }
+                let asked = std::time::Instant::now();
                 let seen = match producer.check_topic(&topic, PROBE_EVERY).await {
                     Ok(_) => State::Up,
+                    // A broker that acknowledged records meanwhile is up,
+                    // only too busy to answer the probe in time: calling it
+                    // down would refuse everyone (and fail /ready) just when
+                    // ingest is loaded.
+                    Err(_) if producer.acked_since(asked) => State::Up,
                     Err(e) => State::Down(e.to_string()),
                 };
                 tx.send_if_modified(|state| {

@@ -41,6 +41,13 @@ pub struct Config {
     /// Whichever of the two bounds is reached first refuses.
     #[arg(long, env = "TRIBUTARY_MAX_IN_FLIGHT_BYTES", value_parser = parse_bytes, default_value = "256MiB")]
     pub max_in_flight_bytes: u64,
+    /// When the oldest publish still waiting for the broker's acks has
+    /// waited longer than this, new publishes are refused with
+    /// RESOURCE_EXHAUSTED and RetryInfo until it is answered: more callers
+    /// than the broker can serve get fast refusals instead of everyone's
+    /// latency growing. 0 turns it off.
+    #[arg(long, env = "TRIBUTARY_MAX_QUEUE_DELAY", value_parser = parse_duration, default_value = "500ms")]
+    pub max_queue_delay: Duration,
     /// Unacknowledged events one PublishStream may have before ingest stops
     /// reading from it (backpressure).
     #[arg(long, env = "TRIBUTARY_STREAM_WINDOW", default_value_t = 2_000)]

@@ -44,6 +44,7 @@ pub struct IngestApi {
     pub schemas: tributary_store::schema_cache::SchemaCache,
     pub require_registered_types: bool,
     pub broker: BrokerHealth,
+    pub backlog: crate::backlog::Backlog,
 }
 
 /// An event ready to produce.
@@ -303,6 +304,16 @@ impl IngestApi {
 /// room within milliseconds.
 const SHED_RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// What a client shed for the backlog is told to wait: 250-750 ms, spread
+/// so that the callers refused together do not all come back together
+/// (which would build the same backlog again at once).
+fn backlog_retry_after() -> Duration {
+    let spread = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 500_000_000);
+    Duration::from_millis(250) + Duration::from_nanos(u64::from(spread))
+}
+
 /// Why a record was not acknowledged.
 enum Failure {
     Produce(ProduceError),
@@ -368,6 +379,19 @@ impl IngestApi {
                 .rejected(Rejection::Unavailable, events.len() as u64);
             return Err(status);
         }
+        if let Some(waited) = self.backlog.over() {
+            self.metrics
+                .rejected(Rejection::Overloaded, events.len() as u64);
+            return Err(pstatus::resource_exhausted_retry(
+                format!(
+                    "ingest is behind: its oldest publish has waited {} ms for the broker's acks \
+                     (--max-queue-delay {} ms); retry with backoff",
+                    waited.as_millis(),
+                    self.backlog.max_delay().unwrap_or_default().as_millis()
+                ),
+                backlog_retry_after(),
+            ));
+        }
         let trace_id = trace_context::current_trace_id();
         // A rejected event's result still names it, when the client named it.
         let prepared: Vec<Result<Prepared, (String, Status)>> = events
@@ -389,7 +413,9 @@ impl IngestApi {
         };
 
         // The valid events' outcomes, merged back between the invalid ones'.
+        let waiting = self.backlog.enter();
         let mut produced = self.produce(&valid).await.into_iter();
+        drop(waiting);
         let outcomes: Vec<Outcome> = prepared
             .into_iter()
             .map(|p| match p {

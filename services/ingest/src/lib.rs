@@ -1,6 +1,7 @@
 //! The ingest service: validates events, assigns ids, produces them to Kafka
 //! and answers only after the broker acknowledged them.
 
+mod backlog;
 mod broker;
 mod config;
 mod grpc;
@@ -48,6 +49,14 @@ impl Ingest {
             &ProducerSettings {
                 message_timeout: config.produce_timeout,
                 linger: config.linger,
+                // librdkafka's own copy of the records is bounded like ours
+                // (a quarter more for its per-record overhead), including
+                // records a call stopped waiting for.
+                queue_max_bytes: Some(
+                    config
+                        .max_in_flight_bytes
+                        .saturating_add(config.max_in_flight_bytes / 4),
+                ),
             },
             &registry,
         )?;
@@ -75,6 +84,7 @@ impl Ingest {
                     .min(Semaphore::MAX_PERMITS),
             )),
             stream_window: config.stream_window,
+            backlog: backlog::Backlog::new(config.max_queue_delay),
             metrics: metrics::IngestMetrics::register(&registry)?,
             instance: Arc::from(instance_name().as_str()),
         };

@@ -2,7 +2,8 @@
 //! measured (`tributary_kafka_produce_duration_seconds`,
 //! `tributary_kafka_producer_queue_messages`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc};
@@ -20,6 +21,10 @@ pub struct ProducerSettings {
     pub message_timeout: Duration,
     /// How long librdkafka waits to fill a batch.
     pub linger: Duration,
+    /// The bytes of records librdkafka may hold unacknowledged
+    /// (`queue.buffering.max.kbytes`); past it a send fails at once with
+    /// [`ProduceError::QueueFull`]. `None`: librdkafka's default (1 GiB).
+    pub queue_max_bytes: Option<u64>,
 }
 
 impl Default for ProducerSettings {
@@ -27,6 +32,7 @@ impl Default for ProducerSettings {
         Self {
             message_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(2),
+            queue_max_bytes: None,
         }
     }
 }
@@ -114,6 +120,19 @@ pub struct Delivered {
 pub struct Producer {
     inner: FutureProducer,
     duration: Histogram,
+    /// When the broker last acknowledged a record: nanoseconds since
+    /// [`clock_start`], plus one (0: never).
+    last_ack: Arc<AtomicU64>,
+}
+
+/// The start of the clock [`Producer::acked_since`] reads.
+fn clock_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn clock_now() -> u64 {
+    u64::try_from(clock_start().elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
 }
 
 impl Producer {
@@ -135,6 +154,11 @@ impl Producer {
                 settings.message_timeout.as_millis().to_string(),
             )
             .set("queue.buffering.max.messages", "200000");
+        if let Some(bytes) = settings.queue_max_bytes {
+            // librdkafka takes 1..=2147483647 KiB.
+            let kib = (bytes / 1024).clamp(1, 2_147_483_647);
+            c.set("queue.buffering.max.kbytes", kib.to_string());
+        }
         let inner: FutureProducer = c.create()?;
         let duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -151,7 +175,12 @@ impl Producer {
                 "Records handed to the producer and not yet acknowledged",
             )?,
         }))?;
-        Ok(Self { inner, duration })
+        clock_start();
+        Ok(Self {
+            inner,
+            duration,
+            last_ack: Arc::default(),
+        })
     }
 
     /// Sends one record and waits for the broker's ack.
@@ -176,10 +205,13 @@ impl Producer {
         let result = self.inner.send(fr, Timeout::After(Duration::ZERO)).await;
         self.duration.observe(start.elapsed().as_secs_f64());
         match result {
-            Ok(delivery) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
+            Ok(delivery) => {
+                self.last_ack.fetch_max(clock_now(), Ordering::Relaxed);
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
             Err((e, _)) => Err(ProduceError::from_rd(e)),
         }
     }
@@ -188,6 +220,14 @@ impl Producer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.inner.flush(Timeout::After(timeout))?;
         Ok(())
+    }
+
+    /// Whether the broker acknowledged a record at or after `since`: a
+    /// broker that does is up, however slow its other answers.
+    pub fn acked_since(&self, since: Instant) -> bool {
+        let since = u64::try_from(since.saturating_duration_since(clock_start()).as_nanos())
+            .unwrap_or(u64::MAX);
+        self.last_ack.load(Ordering::Relaxed) > since
     }
 
     /// Records not yet acknowledged.

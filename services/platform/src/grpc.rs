@@ -87,9 +87,10 @@ fn nodelay(
 }
 
 /// What stands between the network and a service's handlers, outermost
-/// first: CORS, RED metrics and the server span, gRPC-Web, the API key
-/// check, the call's deadline.
+/// first: CORS, RED metrics and the server span, gRPC-Web, the bounds on
+/// calls at once, the API key check, the call's deadline.
 pub struct Edge {
+    pub admission: crate::admission::Admission,
     /// Origins whose pages may call (gRPC-Web from a browser).
     pub cors: crate::cors::Cors,
     pub metrics: GrpcServerMetrics,
@@ -118,6 +119,7 @@ pub async fn serve(
         .layer(edge.cors.layer())
         .layer(TelemetryLayer::new(edge.metrics, edge.known_methods))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(edge.admission.layer())
         .layer(edge.auth.layer())
         .layer(crate::deadline::DeadlineLayer::new(edge.max_call_duration))
         .add_routes(routes);

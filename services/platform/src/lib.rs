@@ -3,6 +3,7 @@
 //! server with its health, reflection and RED/tracing layer, and the one
 //! mapping from errors to `tonic::Status`.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod cors;

@@ -38,6 +38,8 @@ pub struct Security {
     /// Origins whose pages may call from a browser (off unless the service
     /// takes `--cors-allow-origin`: see [`Security::with_cors`]).
     pub cors: crate::cors::Cors,
+    /// The bounds on calls and streams at once.
+    pub admission: crate::admission::Admission,
 }
 
 /// The edge settings every service takes (flattened into its config).
@@ -47,6 +49,8 @@ pub struct EdgeArgs {
     pub tls: crate::tls::ServerTlsArgs,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub admission: crate::admission::AdmissionArgs,
 }
 
 impl Security {
@@ -66,6 +70,7 @@ impl Security {
             auth,
             max_call_duration,
             cors: crate::cors::Cors::off(),
+            admission: crate::admission::Admission::new(&args.admission, services),
         })
     }
 
@@ -148,6 +153,7 @@ pub async fn run(
         routes.routes(),
         crate::grpc::Edge {
             cors: security.cors,
+            admission: security.admission,
             metrics,
             auth: security.auth,
             max_call_duration: security.max_call_duration,

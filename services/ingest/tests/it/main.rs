@@ -505,3 +505,99 @@ async fn registered_schemas_are_enforced_and_strict_mode_refuses_unknown_types()
         .unwrap();
     t2.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_broker_can_never_take_is_failed_precondition() {
+    let (db, _broker, kafka) = setup().await;
+    // A deployment whose producer limit is smaller than the events sent to
+    // it: no retry can help until the settings change.
+    let (mut client, token) = start(&db, &kafka, &["--kafka-option=message.max.bytes=1000"]).await;
+    let mut big = event("a", "u");
+    big.payload = Some(tributary_proto::json::json_to_struct(
+        serde_json::json!({"text": "x".repeat(1500)})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    ));
+    let status = client
+        .publish(with_deadline(PublishRequest {
+            event: Some(big.clone()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // In a batch, per event: the small one is acknowledged.
+    let answer = client
+        .publish_batch(with_deadline(PublishBatchRequest {
+            events: vec![event("a", "u"), big],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = answer
+        .results
+        .iter()
+        .map(|r| r.status.as_ref().map_or(0, |s| s.code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![0, Code::FailedPrecondition as i32],
+        "{answer:?}"
+    );
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_bound_are_refused_until_one_closes() {
+    let (db, _broker, kafka) = setup().await;
+    let (mut client, token) = start(&db, &kafka, &["--max-streams=1"]).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(1);
+    let open = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_tx2, rx2) = tokio::sync::mpsc::channel::<PublishRequest>(1);
+    let status = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx2))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("--max-streams"), "{status:?}");
+    assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    // Unary calls have their own bound: still served.
+    client
+        .publish(with_deadline(PublishRequest {
+            event: Some(event("a", "u")),
+        }))
+        .await
+        .unwrap();
+    // The first stream ends (the client closes it, the server answers the
+    // end): its slot is free again.
+    drop(tx);
+    let mut open = open;
+    while open.message().await.unwrap().is_some() {}
+    drop(open);
+    // (The server lets go of the slot as it finishes the response, a
+    // moment after the client saw its end.)
+    let mut last = None;
+    for _ in 0..50 {
+        let (_tx3, rx3) = tokio::sync::mpsc::channel::<PublishRequest>(1);
+        match client
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx3))
+            .await
+        {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(s) => last = Some(s),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        last.is_none(),
+        "refused after the first stream closed: {last:?}"
+    );
+    token.cancel();
+}
