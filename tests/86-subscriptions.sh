@@ -108,11 +108,12 @@ subs_end() {
 # The receiver starts without a secret (it refuses everything with 401) and
 # gets the subscription's secret through /control once CreateSubscription has
 # returned it: the URL, with the port the receiver picked, comes first.
+: >"$SUBS_DIR/receiver.out"
 "$TB_TOOLS_PYTHON" "$SUBS_RECEIVER" --port 0 --csv "$SUBS_CSV" --log "$SUBS_RX_LOG" --log-bodies --control \
   >"$SUBS_DIR/receiver.out" 2>&1 &
 SUBS_PID=$!
 subs_port() {
-  SUBS_PORT=$(sed -n '1s|^listening on http://127\.0\.0\.1:\([0-9][0-9]*\) .*|\1|p' "$SUBS_DIR/receiver.out")
+  SUBS_PORT=$(sed -n '1s|^listening on http://127\.0\.0\.1:\([0-9][0-9]*\) .*|\1|p' "$SUBS_DIR/receiver.out" 2>/dev/null)
   [[ -n "$SUBS_PORT" ]]
 }
 if poll 10 subs_port; then
@@ -244,7 +245,7 @@ assert_not_contains "the secret is only in .secret, not in the subscription" \
   "$(jq -c .subscription <<<"$SUBS_CREATED")" "${SUBS_SECRET:-whsec_}"
 
 # The receiver verifies with the subscription's secret from now on.
-if SUBS_OUT=$(subs_control "$(jq -nc --arg s "$SUBS_SECRET" '{secrets: [$s]}')") && [[ "$(jq -r .secrets <<<"$SUBS_OUT")" == 1 ]]; then
+if SUBS_OUT=$(subs_control "$(SUBS_SECRET="$SUBS_SECRET" jq -nc '{secrets: [env.SUBS_SECRET]}')") && [[ "$(jq -r .secrets <<<"$SUBS_OUT")" == 1 ]]; then
   pass "the receiver verifies with the subscription's secret (set through /control)"
 else
   fail "the receiver verifies with the subscription's secret (set through /control)" "$SUBS_OUT"

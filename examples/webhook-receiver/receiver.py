@@ -55,6 +55,12 @@ def parse_secret(text):
     return Webhook(text)
 
 
+def event_of(stored):
+    """The Event inside a StoredEvent (proto3 JSON), {} when there is none."""
+    ev = stored.get("event")
+    return ev if isinstance(ev, dict) else {}
+
+
 class State:
     """What the handler threads share; one lock guards all of it."""
 
@@ -109,7 +115,7 @@ class State:
         new = []
         with self.lock:
             for e in events:
-                ev = e.get("event") or {}
+                ev = event_of(e)
                 eid = ev.get("eventId", "")
                 if eid in self.seen:
                     continue
@@ -251,26 +257,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
         }
         ok, error = st.verify(body, h)
         entry["verified"] = ok
-        subscription, events = None, []
-        if ok:
-            try:
-                doc = json.loads(body)
-                subscription = doc.get("subscription")
-                events = doc.get("events")
-                if not isinstance(subscription, str) or not isinstance(events, list) or \
-                        not all(isinstance(e, dict) for e in events):
-                    raise ValueError('expected {"subscription": NAME, "events": [StoredEvent...]}')
-            except (ValueError, AttributeError) as e:
-                ok, error, events = False, "bad body: %s" % e, []
-                status = 400
-            else:
-                status = 200
-        else:
+        # The body is read for the log even when the signature failed (which
+        # events were refused); only a verified one is written to the CSV.
+        subscription, events, bad_body = None, [], None
+        try:
+            doc = json.loads(body)
+            subscription = doc.get("subscription")
+            events = doc.get("events")
+            if not isinstance(subscription, str) or not isinstance(events, list) or not all(
+                    isinstance(e, dict) and isinstance(event_of(e).get("eventId"), str) and event_of(e)["eventId"]
+                    for e in events):
+                raise ValueError('expected {"subscription": NAME, "events": [StoredEvent with event.eventId...]}')
+        except (ValueError, AttributeError) as e:
+            subscription, events, bad_body = None, [], "bad body: %s" % e
+        if not ok:
             status = 401
+        elif bad_body:
+            status, error = 400, bad_body
+        else:
+            status = 200
         entry["subscription"] = subscription
         entry["events"] = len(events)
-        entry["event_ids"] = [(e.get("event") or {}).get("eventId") for e in events]
-        entry["user_ids"] = [(e.get("event") or {}).get("userId") for e in events]
+        entry["event_ids"] = [event_of(e).get("eventId") for e in events]
+        entry["user_ids"] = [event_of(e).get("userId") for e in events]
         headers = []
         if status == 200:
             with st.lock:

@@ -145,6 +145,9 @@ class ReceiverTest(unittest.TestCase):
         entry = self.rx.log_lines()[-1]
         self.assertFalse(entry["verified"])
         self.assertEqual(entry["status"], 401)
+        # The refused events are named in the log, and nothing else changed.
+        self.assertEqual(entry["event_ids"], ["e1"])
+        self.assertNotIn("new_rows", entry)
 
     def test_tampered_body_and_bad_headers_are_refused(self):
         body = body_of([stored_event("e1")])
@@ -167,9 +170,17 @@ class ReceiverTest(unittest.TestCase):
         self.assertEqual(len(self.rx.rows()), 2)
 
     def test_verified_but_not_a_batch_is_400(self):
-        body = b'{"hello": 1}'
-        status, _, _ = self.rx.post("/hook", body, signed_headers([self.secret], "msg_x", body))
-        self.assertEqual(status, 400)
+        for body in (b'{"hello": 1}', b'[1]', b'not json', b'{"subscription": "s", "events": [1]}',
+                     b'{"subscription": "s", "events": [{"event": "x"}]}',
+                     b'{"subscription": "s", "events": [{"event": {"eventType": "no.id"}}]}'):
+            status, _, _ = self.rx.post("/hook", body, signed_headers([self.secret], "msg_x", body))
+            self.assertEqual(status, 400, body)
+        # Not UTF-8: the library cannot even verify it.
+        body = b'\xff\xfe'
+        status, _, _ = self.rx.post("/hook", body, signed_headers([self.secret], "msg_x", body.decode("latin-1").encode()))
+        self.assertEqual(status, 401)
+        self.assertEqual(self.rx.rows(), [])
+        self.assertEqual(self.deliver([stored_event("e1")])[0], 200)
 
     def test_control_fail_then_succeed(self):
         self.assertEqual(self.rx.control({"fail": 3, "status": 500})[0], 200)
