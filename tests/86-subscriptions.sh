@@ -253,8 +253,9 @@ fi
 
 # "Create commits the group's start offsets before it returns."
 if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/GetConsumerLag" "$(jq -nc --arg g "$SUBS_GROUP" '{group: $g}')"; then
-  assert_json "its consumer group has committed start offsets on every partition of tributary.events (lag 0)" \
-    '(.partitions | length) > 0 and all(.partitions[]; .hasCommittedOffset) and (.totalLag | tonumber) == 0' "$GC_OUT"
+  # (Not "lag 0": anything else publishing meanwhile would make that a race.)
+  assert_json "its consumer group has committed start offsets on every partition of tributary.events" \
+    '(.partitions | length) > 0 and all(.partitions[]; .hasCommittedOffset)' "$GC_OUT"
 else
   fail "GetConsumerLag of $SUBS_GROUP right after CreateSubscription" "grpcurl exit $GC_RC" "$GC_ERR"
 fi
