@@ -252,6 +252,31 @@ ensure_checkov() {
   checkov_ok || die "$TB_CHECKOV is not checkov $TB_CHECKOV_VERSION"
 }
 
+# standardwebhooks (PyPI), the reference Standard Webhooks verifier the
+# subscription tests' receiver (examples/webhook-receiver) uses, in the tools
+# venv. A 3.5 kB wheel without dependencies.
+TB_STANDARDWEBHOOKS_VERSION=1.1.0
+
+standardwebhooks_ok() {
+  local v
+  [[ -x "$TB_TOOLS_PYTHON" ]] &&
+    v=$("$TB_TOOLS_PYTHON" -c 'import importlib.metadata as m; print(m.version("standardwebhooks"))' 2>/dev/null) &&
+    [[ "$v" == "$TB_STANDARDWEBHOOKS_VERSION" ]]
+}
+
+# ensure_standardwebhooks: standardwebhooks 1.1.0 in the tools venv.
+ensure_standardwebhooks() {
+  standardwebhooks_ok && return 0
+  if [[ ! -x "$TB_GRPCURL_VENV/bin/pip" ]]; then
+    log_info "creating the tools venv $TB_GRPCURL_VENV"
+    python3 -m venv "$TB_GRPCURL_VENV" >&2 || die "python3 -m venv failed (is python3-venv installed?)"
+  fi
+  log_info "installing standardwebhooks==$TB_STANDARDWEBHOOKS_VERSION into $TB_GRPCURL_VENV"
+  "$TB_GRPCURL_VENV/bin/pip" install -q "standardwebhooks==$TB_STANDARDWEBHOOKS_VERSION" >&2 ||
+    die "pip install standardwebhooks==$TB_STANDARDWEBHOOKS_VERSION failed"
+  standardwebhooks_ok || die "the tools venv has no standardwebhooks $TB_STANDARDWEBHOOKS_VERSION"
+}
+
 # ---------------------------------------------------------------- pid files
 #
 # A pid file holds two lines: the PID and the program's path. A PID counts as
