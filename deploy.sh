@@ -9,7 +9,7 @@ source "$ROOT/scripts/lib.sh"
 # shellcheck source=scripts/web.sh
 source "$ROOT/scripts/web.sh"
 
-SERVICES=(ingest processor query admin)
+SERVICES=(ingest processor query admin dispatch)
 # Started in this order, stopped in reverse.
 PARTS=(postgres broker tracesink "${SERVICES[@]}" alertsink alertmanager prometheus web)
 TRACE_SINK_PORT=4317
@@ -37,7 +37,7 @@ usage() {
 Usage: ./deploy.sh [COMMAND] [OPTIONS]
 
 Runs Tributary on this machine: a PostgreSQL $TB_PG_MAJOR cluster, the nisshi
-Kafka-protocol broker, the ingest, processor, query and admin services, the
+Kafka-protocol broker, the ingest, processor, query, admin and dispatch services, the
 trace sink (OTLP/gRPC, spans as JSON lines), Prometheus (with the alert rules)
 and Alertmanager, whose pager and ticket webhooks go to a local receiver that
 writes every notification to a file.
@@ -58,7 +58,7 @@ Commands:
   start PART       Start one part with the saved options (no build, no migrate)
                    and wait until it is healthy.
   stop PART        Stop one part.
-                   PART: ingest, processor, query, admin, broker, postgres,
+                   PART: ingest, processor, query, admin, dispatch, broker, postgres,
                    tracesink, alertsink, alertmanager, prometheus or web.
   k8s --env ENV    Install or upgrade the Helm chart charts/tributary on the
                    current kubectl context (ENV: dev, staging or prod):
@@ -120,7 +120,7 @@ Environment:
                         (default 6)
   TRIBUTARY_LOG_FORMAT  service log format, text or json (default text)
   TRIBUTARY_WEBHOOK_ALLOW_CIDR
-                        (up) addresses rule webhooks may reach although
+                        (up) addresses webhooks (rules, subscriptions) may reach although
                         internal (default: 127.0.0.0/8,::1/128 without
                         --secure, none with it); saved with the options
   CARGO_TARGET_DIR      build directory (default \$HOME/.cache/tributary/target)
@@ -130,6 +130,7 @@ Local endpoints (on TRIBUTARY_BIND_HOST):
   processor  gRPC :50054   HTTP :9602   (health and reflection only)
   query      gRPC :50052   HTTP :9603
   admin      gRPC :50053   HTTP :9604   (topics, groups, lag; exports the lag gauges)
+  dispatch   gRPC :50055   HTTP :9605   (delivers push subscriptions; health and reflection)
   tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans to \$TRIBUTARY_STATE_DIR/traces/spans.jsonl
   prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all four, evaluates observability/prometheus/rules)
   alertmanager http://127.0.0.1:$ALERTMANAGER_PORT (observability/alertmanager/alertmanager.yml)
@@ -148,8 +149,8 @@ EOF
 
 # ---------------------------------------------------------------- options
 
-svc_grpc_port() { case $1 in ingest) echo 50051 ;; query) echo 50052 ;; admin) echo 50053 ;; processor) echo 50054 ;; esac; }
-svc_http_port() { case $1 in ingest) echo 9601 ;; processor) echo 9602 ;; query) echo 9603 ;; admin) echo 9604 ;; esac; }
+svc_grpc_port() { case $1 in ingest) echo 50051 ;; query) echo 50052 ;; admin) echo 50053 ;; processor) echo 50054 ;; dispatch) echo 50055 ;; esac; }
+svc_http_port() { case $1 in ingest) echo 9601 ;; processor) echo 9602 ;; query) echo 9603 ;; admin) echo 9604 ;; dispatch) echo 9605 ;; esac; }
 
 redact_dsn() { sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#' <<<"$1"; }
 
@@ -879,7 +880,7 @@ cmd_status() {
   if [[ "$porcelain" != 1 ]]; then
     echo
     echo "options: $(cfg_summary)$([[ -f "$CFG_FILE" ]] || echo ' (defaults; nothing saved)')"
-    echo "logs:    $TB_LOG_DIR/{postgres,broker,migrate,tracesink,ingest,processor,query,admin,alertsink,alertmanager,prometheus,web}.log"
+    echo "logs:    $TB_LOG_DIR/{postgres,broker,migrate,tracesink,ingest,processor,query,admin,dispatch,alertsink,alertmanager,prometheus,web}.log"
   fi
   return "$rc"
 }

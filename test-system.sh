@@ -25,7 +25,7 @@ case "${1:-}" in
     ;;
 esac
 
-PARTS_IN_STOP_ORDER=(web prometheus alertmanager alertsink ingest processor query admin tracesink broker postgres)
+PARTS_IN_STOP_ORDER=(web prometheus alertmanager alertsink dispatch ingest processor query admin tracesink broker postgres)
 DEPLOYED=0
 RUNNING_BEFORE=()
 

@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from("tributary/v1/event.proto"),
         PathBuf::from("tributary/v1/ingest.proto"),
         PathBuf::from("tributary/v1/query.proto"),
+        PathBuf::from("tributary/v1/subscription.proto"),
         PathBuf::from("tributary/v1/admin.proto"),
     ];
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

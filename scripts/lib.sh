@@ -44,7 +44,7 @@ TB_TOOLS_PYTHON="$TB_GRPCURL_VENV/bin/python"
 # One build profile (release) and one target directory serve deploy and tests.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
 TB_BIN_DIR="$CARGO_TARGET_DIR/release"
-TB_BINARIES=(tributary-ingest tributary-processor tributary-query tributary-admin tributary-ctl tributary-trace-sink)
+TB_BINARIES=(tributary-ingest tributary-processor tributary-query tributary-admin tributary-dispatch tributary-ctl tributary-trace-sink)
 
 # Debian packages the scripts need. postgresql: the local cluster and psql;
 # cmake + libcurl4-openssl-dev: librdkafka's vendored build; nghttp2-client:

@@ -277,6 +277,60 @@ impl AdminService for AdminApi {
             .map(Response::new)
     }
 
+    async fn create_subscription(
+        &self,
+        request: Request<CreateSubscriptionRequest>,
+    ) -> Result<Response<CreateSubscriptionResponse>, Status> {
+        crate::subscriptions::create(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<GetSubscriptionRequest>,
+    ) -> Result<Response<Subscription>, Status> {
+        crate::subscriptions::get(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<ListSubscriptionsRequest>,
+    ) -> Result<Response<ListSubscriptionsResponse>, Status> {
+        crate::subscriptions::list(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_subscription(
+        &self,
+        request: Request<UpdateSubscriptionRequest>,
+    ) -> Result<Response<UpdateSubscriptionResponse>, Status> {
+        crate::subscriptions::update(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<DeleteSubscriptionRequest>,
+    ) -> Result<Response<DeleteSubscriptionResponse>, Status> {
+        crate::subscriptions::delete(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn seek_subscription(
+        &self,
+        request: Request<SeekSubscriptionRequest>,
+    ) -> Result<Response<SeekSubscriptionResponse>, Status> {
+        crate::subscriptions::seek(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn get_pipeline_status(
         &self,
         _request: Request<GetPipelineStatusRequest>,

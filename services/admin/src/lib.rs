@@ -12,6 +12,7 @@ mod registry;
 mod replay;
 mod rules;
 mod status;
+mod subscriptions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -52,6 +52,22 @@ pub async fn ensure_topic(
     }
 }
 
+/// Deletes a consumer group (its committed offsets). `Ok(false)` when the
+/// broker knows no such group; an error when it refuses (e.g. the group
+/// still has members, or the broker does not support it).
+pub async fn delete_group(admin: &Admin, group: &str, timeout: Duration) -> Result<bool, KafkaError> {
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
+    let results = admin.delete_groups(&[group], &options).await?;
+    match results.into_iter().next() {
+        None | Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::GroupIdNotFound))) => Ok(false),
+        Some(Err((name, code))) => Err(KafkaError::DeleteGroup {
+            group: name,
+            reason: code.to_string(),
+        }),
+    }
+}
+
 /// The partition count of `topic` (blocking: run off the async threads).
 pub fn partition_count<C: ClientContext>(
     client: &Client<C>,

@@ -23,6 +23,8 @@ pub enum KafkaError {
     MissingTopic { topic: String },
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("cannot delete consumer group {group}: {reason}")]
+    DeleteGroup { group: String, reason: String },
     #[error("invalid --kafka-option {0:?}: expected KEY=VALUE")]
     Option(String),
     #[error("cannot register metrics: {0}")]

@@ -169,6 +169,86 @@ impl EgressPolicy {
     }
 }
 
+/// A webhook's answer: its status code, and `Retry-After` in seconds when
+/// it sent one (the HTTP-date form is not read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+}
+
+impl EgressPolicy {
+    /// POSTs `body` to an `http://` webhook through this policy (HTTP/1.1,
+    /// one connection per request, redirects not followed). `headers` go
+    /// after Host, Content-Type, Content-Length; their names and values must
+    /// not hold CR or LF (checked: refused as `InvalidInput`). An address the
+    /// policy refuses is `PermissionDenied`, which a retry cannot change.
+    pub async fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        user_agent: &str,
+    ) -> std::io::Result<Answer> {
+        use std::fmt::Write as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let url = parse_http_url(url)
+            .map_err(|why| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))?;
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Connection: close\r\nUser-Agent: {user_agent}\r\n",
+            url.path,
+            url.authority(),
+            body.len()
+        );
+        for (name, value) in headers {
+            if [name, value].iter().any(|t| t.contains(['\r', '\n'])) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("header {name:?} holds a line break"),
+                ));
+            }
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        head.push_str("\r\n");
+        let mut stream = self.connect(&url).await?;
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        // The status line and headers; the body is not needed.
+        let mut answer = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.len() < 16 * 1024 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        parse_answer(&answer)
+    }
+}
+
+fn parse_answer(raw: &[u8]) -> std::io::Result<Answer> {
+    let text = String::from_utf8_lossy(raw);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let status = first
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {first:?}")))?;
+    let retry_after = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+    Ok(Answer {
+        status,
+        retry_after,
+    })
+}
+
 /// `http://host[:port][/path]`; https is not supported yet.
 pub fn parse_http_url(url: &str) -> Result<WebhookUrl, String> {
     let rest = url
@@ -383,5 +463,15 @@ mod tests {
         let url = parse_http_url("http://localhost:9/").unwrap();
         let e = p.connect(&url).await.map(|_| ()).map_err(|e| e.kind());
         assert_eq!(e, Err(std::io::ErrorKind::PermissionDenied));
+    }
+
+    #[test]
+    fn answers_are_read() {
+        let a = parse_answer(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 2\r\n\r\n").unwrap();
+        assert_eq!((a.status, a.retry_after), (429, Some(2)));
+        let a = parse_answer(b"HTTP/1.0 204 No Content\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n")
+            .unwrap();
+        assert_eq!((a.status, a.retry_after), (204, None));
+        assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n").is_err());
     }
 }

@@ -3,7 +3,6 @@
 //! topic and table. Serves health and reflection on its own gRPC port.
 
 mod config;
-mod decode;
 mod metrics;
 mod pipeline;
 mod rules;

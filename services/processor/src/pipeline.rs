@@ -21,7 +21,7 @@ use tributary_platform::shutdown::CancellationToken;
 use tributary_store::Pool;
 use tributary_store::events::{self, NewDeadLetter, NewEvent};
 
-use crate::decode::{self, Decoded};
+use tributary_platform::record::{self as decode, Decoded};
 use crate::metrics::ProcessorMetrics;
 
 pub struct Pipeline {

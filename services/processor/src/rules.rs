@@ -199,27 +199,13 @@ pub async fn deliver(
     }
 }
 
-/// A minimal HTTP/1.1 POST (plain http only), connected through the egress
-/// policy; the status code of the answer (a 3xx is just not a 2xx).
+/// The alert POSTed through the egress policy; the status code of the
+/// answer (a 3xx is just not a 2xx).
 async fn post(webhooks: &EgressPolicy, url: &str, body: &str) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let url = tributary_platform::egress::parse_http_url(url)
-        .map_err(|why| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))?;
-    let mut stream = webhooks.connect(&url).await?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: tributary-processor\r\n\r\n{body}",
-        url.path,
-        url.authority(),
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = vec![0u8; 64];
-    let n = stream.read(&mut head).await?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {line:?}")))
+    let answer = webhooks
+        .post(url, "application/json", &[], body.as_bytes(), "tributary-processor")
+        .await?;
+    Ok(answer.status)
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use tributary_proto::validate::is_event_id;
 use tributary_store::events::{self, Cursor};
 
 use crate::context::{QueryContext, db_span, store_status};
-use crate::convert::{store_filter, stored_event};
+use crate::convert::stored_event;
+use tributary_platform::filter::store_filter;
 use crate::page_token;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 100;

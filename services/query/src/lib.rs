@@ -18,7 +18,7 @@ use tributary_proto::v1::query_service_server::QueryServiceServer;
 use tributary_store::{Pool, PoolConfig};
 
 pub use config::Config;
-pub use convert::store_filter;
+pub use tributary_platform::filter::store_filter;
 pub use tributary_proto::json::pointer_tokens;
 
 pub struct Query {

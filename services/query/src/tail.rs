@@ -66,7 +66,7 @@ impl TailHub {
                         return;
                     }
                 };
-                for row in batch.iter().filter(|r| matches(&filter, r)) {
+                for row in batch.iter().filter(|r| filter.matches(&r.candidate())) {
                     if tx.capacity() <= 1 {
                         let _ = tx.try_send(Err(too_slow("its buffer is full")));
                         return;
@@ -144,55 +144,5 @@ async fn listen_once(pool: &Pool, hub: &TailHub) -> String {
                 tracing::warn!(error = %e, "cannot read a committed batch for tailing clients")
             }
         }
-    }
-}
-
-/// The same filter ListEvents applies in SQL, applied to one row.
-pub fn matches(filter: &EventFilter, row: &EventRow) -> bool {
-    (filter.event_types.is_empty() || filter.event_types.contains(&row.event_type))
-        && filter.source.as_ref().is_none_or(|v| *v == row.source)
-        && filter.user_id.as_ref().is_none_or(|v| *v == row.user_id)
-        && filter
-            .session_id
-            .as_ref()
-            .is_none_or(|v| *v == row.session_id)
-        && filter.occurred_after.is_none_or(|t| row.occurred_at >= t)
-        && filter.occurred_before.is_none_or(|t| row.occurred_at < t)
-        && filter
-            .payload_contains
-            .iter()
-            .all(|doc| contains(&row.payload, doc))
-}
-
-/// PostgreSQL's `jsonb @>` for the documents payload matches build.
-fn contains(value: &serde_json::Value, doc: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (value, doc) {
-        (Value::Object(v), Value::Object(d)) => d
-            .iter()
-            .all(|(k, dv)| v.get(k).is_some_and(|vv| contains(vv, dv))),
-        (Value::Array(v), Value::Array(d)) => {
-            d.iter().all(|dv| v.iter().any(|vv| contains(vv, dv)))
-        }
-        // A top-level array contains a bare scalar in jsonb.
-        (Value::Array(v), d) if !d.is_object() && !d.is_array() => v.iter().any(|vv| vv == d),
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (a, b) => a == b,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn containment_follows_jsonb() {
-        let payload = json!({"order": {"country": "DE", "amount": 3, "tags": ["a", "b"]}});
-        assert!(contains(&payload, &json!({"order": {"country": "DE"}})));
-        assert!(contains(&payload, &json!({"order": {"amount": 3.0}})));
-        assert!(contains(&payload, &json!({"order": {"tags": ["b"]}})));
-        assert!(!contains(&payload, &json!({"order": {"country": "FR"}})));
-        assert!(!contains(&payload, &json!({"missing": 1})));
     }
 }

@@ -57,6 +57,63 @@ pub struct EventRow {
     pub schema_version: i32,
 }
 
+/// The fields a filter looks at, of a stored row or of a record on its way
+/// (dispatch filters records, query's tails filter rows).
+pub struct Candidate<'a> {
+    pub event_type: &'a str,
+    pub source: &'a str,
+    pub user_id: &'a str,
+    pub session_id: &'a str,
+    pub occurred_at: SystemTime,
+    pub payload: &'a serde_json::Value,
+}
+
+impl EventRow {
+    pub fn candidate(&self) -> Candidate<'_> {
+        Candidate {
+            event_type: &self.event_type,
+            source: &self.source,
+            user_id: &self.user_id,
+            session_id: &self.session_id,
+            occurred_at: self.occurred_at,
+            payload: &self.payload,
+        }
+    }
+}
+
+impl EventFilter {
+    /// The same filter ListEvents applies in SQL, applied to one event.
+    pub fn matches(&self, e: &Candidate<'_>) -> bool {
+        (self.event_types.is_empty() || self.event_types.iter().any(|t| t == e.event_type))
+            && self.source.as_deref().is_none_or(|v| v == e.source)
+            && self.user_id.as_deref().is_none_or(|v| v == e.user_id)
+            && self.session_id.as_deref().is_none_or(|v| v == e.session_id)
+            && self.occurred_after.is_none_or(|t| e.occurred_at >= t)
+            && self.occurred_before.is_none_or(|t| e.occurred_at < t)
+            && self
+                .payload_contains
+                .iter()
+                .all(|doc| contains(e.payload, doc))
+    }
+}
+
+/// PostgreSQL's `jsonb @>` for the documents payload matches build.
+fn contains(value: &serde_json::Value, doc: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (value, doc) {
+        (Value::Object(v), Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| v.get(k).is_some_and(|vv| contains(vv, dv))),
+        (Value::Array(v), Value::Array(d)) => {
+            d.iter().all(|dv| v.iter().any(|vv| contains(vv, dv)))
+        }
+        // A top-level array contains a bare scalar in jsonb.
+        (Value::Array(v), d) if !d.is_object() && !d.is_array() => v.iter().any(|vv| vv == d),
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
+}
+
 /// Inserts a batch in one statement; an event whose id is already stored is
 /// left alone (a redelivery or a client retry). Returns the ids inserted now.
 pub async fn insert_events(
@@ -324,4 +381,20 @@ pub async fn offsets_received_since(
         .iter()
         .filter_map(|r| Some((r.get(0), r.get::<_, Option<i64>>(1)?)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containment_follows_jsonb() {
+        let payload = json!({"order": {"country": "DE", "amount": 3, "tags": ["a", "b"]}});
+        assert!(contains(&payload, &json!({"order": {"country": "DE"}})));
+        assert!(contains(&payload, &json!({"order": {"amount": 3.0}})));
+        assert!(contains(&payload, &json!({"order": {"tags": ["b"]}})));
+        assert!(!contains(&payload, &json!({"order": {"country": "FR"}})));
+        assert!(!contains(&payload, &json!({"missing": 1})));
+    }
 }

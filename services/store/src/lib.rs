@@ -12,6 +12,7 @@ pub mod notify;
 pub mod pool;
 pub mod rules;
 pub mod schema_cache;
+pub mod subscriptions;
 pub mod tail;
 pub mod tls;
 

@@ -43,6 +43,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261201000000_api_keys",
         sql: include_str!("../migrations/20261201000000_api_keys.sql"),
     },
+    Migration {
+        version: "20261201120000_subscriptions",
+        sql: include_str!("../migrations/20261201120000_subscriptions.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.

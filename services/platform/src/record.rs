@@ -1,4 +1,5 @@
-//! Turns a consumed record into a row to store, or a dead letter with why.
+//! Turns a consumed record into an event (a row to store, or to deliver), or
+//! a dead letter with why: the processor and dispatch judge records alike.
 //!
 //! Anything can write to the topic, so the processor re-checks what ingest
 //! checked: a record that fails here would fail again on every redelivery
@@ -93,7 +94,7 @@ fn decode_event(message: &OwnedMessage, schemas: &SchemaCache) -> Result<Decoded
     // the same rules ingest applies, judged at the time ingest received it.
     event.payload = None;
     let valid = validate::validate_event(&event, "event", received_at)
-        .map_err(|violations| identify(tributary_platform::status::summary(&violations), &event))?;
+        .map_err(|violations| identify(crate::status::summary(&violations), &event))?;
     let payload = check_payload(&envelope.payload_json).map_err(|why| identify(why, &event))?;
     let occurred_at = SystemTime::try_from(valid.occurred_at)
         .map_err(|e| identify(format!("event.occurred_at: {e}"), &event))?;
@@ -171,7 +172,7 @@ fn parent_context(message: &OwnedMessage) -> Option<opentelemetry::trace::SpanCo
         .iter()
         .filter_map(|h| Some((h.key, std::str::from_utf8(h.value?).ok()?)))
         .collect();
-    let cx = tributary_platform::trace_context::extract_from_pairs(pairs);
+    let cx = crate::trace_context::extract_from_pairs(pairs);
     let sc = cx.span().span_context().clone();
     sc.is_valid().then_some(sc)
 }
@@ -703,7 +704,7 @@ mod tests {
         fn tracing_propagator() {
             static ONCE: std::sync::Once = std::sync::Once::new();
             ONCE.call_once(|| {
-                let _provider = tributary_platform::telemetry::tracer_provider("processor", None);
+                let _provider = crate::telemetry::tracer_provider("processor", None);
             });
         }
 
