@@ -453,9 +453,11 @@ assert_json "the next attempt of that batch came at least 2 s after the 429 (aft
 
 section "subscriptions f: pause and resume"
 
+# grpcurl 1.8.6 reads a FieldMask only in its message form ({"paths": [...]});
+# the proto3 JSON string form ("paused") is what other clients send.
 subs_update_paused() { # true|false
   gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/UpdateSubscription" \
-    "$(jq -nc --arg n "$SUBS_NAME" --argjson p "$1" '{subscription: {name: $n, paused: $p}, updateMask: "paused"}')"
+    "$(jq -nc --arg n "$SUBS_NAME" --argjson p "$1" '{subscription: {name: $n, paused: $p}, updateMask: {paths: ["paused"]}}')"
 }
 if subs_update_paused true; then
   pass "UpdateSubscription paused=true (updateMask paused)"

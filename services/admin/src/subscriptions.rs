@@ -50,7 +50,8 @@ fn name_ok(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && name.len() <= 64
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
 fn check_name(name: &str) -> Result<(), Status> {
@@ -130,7 +131,10 @@ fn settled(ctx: &AdminContext, s: &Subscription) -> Result<Subscription, Status>
                 None => DEFAULT_TIMEOUT,
                 Some(Ok(t)) if !t.is_zero() && t <= MAX_TIMEOUT => t,
                 Some(_) => {
-                    v("push.timeout", "must be more than 0 s and at most 60 s".into());
+                    v(
+                        "push.timeout",
+                        "must be more than 0 s and at most 60 s".into(),
+                    );
                     DEFAULT_TIMEOUT
                 }
             };
@@ -154,7 +158,7 @@ fn settled(ctx: &AdminContext, s: &Subscription) -> Result<Subscription, Status>
             }))
         }
     };
-    let b = s.batch.clone().unwrap_or_default();
+    let b = s.batch.unwrap_or_default();
     let max_events = match b.max_events {
         0 => DEFAULT_MAX_EVENTS,
         n @ 1..=1000 => n,
@@ -167,7 +171,10 @@ fn settled(ctx: &AdminContext, s: &Subscription) -> Result<Subscription, Status>
         0 => DEFAULT_MAX_BYTES,
         n @ 1024..=MAX_MAX_BYTES => n,
         n => {
-            v("batch.max_bytes", format!("is {n}; must be 1 KiB to 16 MiB"));
+            v(
+                "batch.max_bytes",
+                format!("is {n}; must be 1 KiB to 16 MiB"),
+            );
             DEFAULT_MAX_BYTES
         }
     };
@@ -179,7 +186,7 @@ fn settled(ctx: &AdminContext, s: &Subscription) -> Result<Subscription, Status>
             DEFAULT_MAX_WAIT
         }
     };
-    let r = s.retry.clone().unwrap_or_default();
+    let r = s.retry.unwrap_or_default();
     let positive = |d: Option<&prost_types::Duration>, default: Duration| match duration(d) {
         None => Ok(default),
         Some(Ok(d)) if !d.is_zero() => Ok(d),
@@ -194,7 +201,10 @@ fn settled(ctx: &AdminContext, s: &Subscription) -> Result<Subscription, Status>
         DEFAULT_MAX_BACKOFF
     });
     if min_backoff > max_backoff {
-        v("retry.max_backoff", "must not be less than min_backoff".into());
+        v(
+            "retry.max_backoff",
+            "must not be less than min_backoff".into(),
+        );
     }
     let max_age = positive(r.max_age.as_ref(), DEFAULT_MAX_AGE).unwrap_or_else(|()| {
         v("retry.max_age", "must be more than 0 s".into());
@@ -204,7 +214,10 @@ fn settled(ctx: &AdminContext, s: &Subscription) -> Result<Subscription, Status>
         v("retry.max_attempts", "must be 0 (unlimited) or more".into());
     }
     if !s.rate_per_second.is_finite() || s.rate_per_second < 0.0 {
-        v("rate_per_second", "must be 0 (unlimited) or a positive number".into());
+        v(
+            "rate_per_second",
+            "must be 0 (unlimited) or a positive number".into(),
+        );
     }
     if !bad.is_empty() {
         return Err(pstatus::invalid_argument(&bad));
@@ -225,7 +238,7 @@ fn settled(ctx: &AdminContext, s: &Subscription) -> Result<Subscription, Status>
             max_age: proto_duration(max_age),
         }),
         rate_per_second: s.rate_per_second,
-        start_at: s.start_at.clone(),
+        start_at: s.start_at,
         paused: false,
         ..Default::default()
     })
@@ -270,7 +283,12 @@ fn to_proto(row: &SubscriptionRow, lag: i64) -> Subscription {
 async fn lag_of(ctx: &AdminContext, name: &str) -> i64 {
     let lag = ctx.lag.clone();
     let (group, topic) = (group_of(name), ctx.kafka.topic.clone());
-    match blocking(move || lag.measure(&group, &topic), "cannot measure the lag").await {
+    match blocking(
+        move || lag.measure(&group, &topic),
+        "cannot measure the lag",
+    )
+    .await
+    {
         Ok(parts) => parts.iter().map(|p| p.lag).sum(),
         Err(_) => -1,
     }
@@ -282,7 +300,10 @@ fn reset_to(at: Option<&StartPosition>) -> Result<reset_offsets_request::To, Sta
         Some(start_position::At::Earliest(true)) => reset_offsets_request::To::Earliest(true),
         Some(start_position::At::Timestamp(t)) => reset_offsets_request::To::Timestamp(*t),
         Some(start_position::At::Latest(false) | start_position::At::Earliest(false)) => {
-            return Err(violation("start_at", "earliest and latest must be true when set"));
+            return Err(violation(
+                "start_at",
+                "earliest and latest must be true when set",
+            ));
         }
     })
 }
@@ -345,9 +366,7 @@ pub async fn create(
         .run(async |c| store::create(c, &name, &encoded, paused, &secrets).await)
         .await
         .map_err(|e| db_status("cannot store the subscription", &e))?
-        .ok_or_else(|| {
-            Status::already_exists(format!("a subscription named {name:?} exists"))
-        })?;
+        .ok_or_else(|| Status::already_exists(format!("a subscription named {name:?} exists")))?;
     tracing::info!(subscription = %name, "subscription created");
     let lag = lag_of(ctx, &name).await;
     Ok(CreateSubscriptionResponse {
@@ -366,7 +385,10 @@ async fn find(ctx: &AdminContext, name: &str) -> Result<SubscriptionRow, Status>
         .ok_or_else(|| Status::not_found(format!("no subscription named {name:?}")))
 }
 
-pub async fn get(ctx: &AdminContext, request: GetSubscriptionRequest) -> Result<Subscription, Status> {
+pub async fn get(
+    ctx: &AdminContext,
+    request: GetSubscriptionRequest,
+) -> Result<Subscription, Status> {
     let row = find(ctx, &request.name).await?;
     let lag = lag_of(ctx, &row.name).await;
     Ok(to_proto(&row, lag))
@@ -379,7 +401,7 @@ pub async fn list(
     let size = match request.page_size {
         0 => 100,
         n @ 1..=1000 => i64::from(n),
-        n => return Err(violation("page_size", &format!("is {n}; must be 1-1000"))),
+        n => return Err(violation("page_size", format!("is {n}; must be 1-1000"))),
     };
     let after = (!request.page_token.is_empty()).then_some(request.page_token.clone());
     if let Some(a) = &after {
@@ -446,7 +468,10 @@ pub async fn update(
         if !UPDATABLE.contains(&top) {
             return Err(violation(
                 "update_mask",
-                &format!("{p:?} cannot be updated (updatable: {})", UPDATABLE.join(", ")),
+                format!(
+                    "{p:?} cannot be updated (updatable: {})",
+                    UPDATABLE.join(", ")
+                ),
             ));
         }
     }
@@ -466,7 +491,10 @@ pub async fn update(
             }
             (_, Some(d)) => merged.delivery = Some(d.clone()),
             (_, None) if !paths.is_empty() => {
-                return Err(violation("subscription.delivery", "the mask names it: set it"));
+                return Err(violation(
+                    "subscription.delivery",
+                    "the mask names it: set it",
+                ));
             }
             (_, None) => {}
         }

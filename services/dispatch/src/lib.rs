@@ -129,7 +129,11 @@ struct Running {
 /// Follows the subscriptions table until `token` is cancelled: starts a
 /// worker for each push subscription that is neither paused nor disabled,
 /// restarts it when its generation changes, stops it when it goes.
-async fn supervise(shared: Arc<push::Shared>, every: std::time::Duration, token: CancellationToken) {
+async fn supervise(
+    shared: Arc<push::Shared>,
+    every: std::time::Duration,
+    token: CancellationToken,
+) {
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,7 +166,10 @@ async fn supervise(shared: Arc<push::Shared>, every: std::time::Duration, token:
             tracing::info!(subscription = %name, "subscription deleted; stopped");
         }
         for (name, generation) in generations {
-            if running.get(&name).is_some_and(|r| r.generation == generation) {
+            if running
+                .get(&name)
+                .is_some_and(|r| r.generation == generation)
+            {
                 continue;
             }
             let n = name.clone();

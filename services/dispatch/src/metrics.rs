@@ -37,7 +37,9 @@ impl DispatchMetrics {
                 "tributary_subscription_delivery_duration_seconds",
                 "Time of one delivery attempt, connection to answer",
                 &["subscription"],
-                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ],
             )?,
             state: gauge_vec(
                 registry,

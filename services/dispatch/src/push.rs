@@ -52,12 +52,13 @@ fn settings(spec: &Subscription) -> Option<Settings> {
         return None;
     };
     let d = |d: Option<&prost_types::Duration>, default: Duration| {
-        d.and_then(|d| Duration::try_from(*d).ok()).unwrap_or(default)
+        d.and_then(|d| Duration::try_from(*d).ok())
+            .unwrap_or(default)
     };
-    let batch = spec.batch.clone().unwrap_or_default();
-    let retry = spec.retry.clone().unwrap_or_default();
-    let filter = tributary_platform::filter::store_filter(&spec.filter.clone().unwrap_or_default())
-        .ok()?;
+    let batch = spec.batch.unwrap_or_default();
+    let retry = spec.retry.unwrap_or_default();
+    let filter =
+        tributary_platform::filter::store_filter(&spec.filter.clone().unwrap_or_default()).ok()?;
     Some(Settings {
         url: push.url.clone(),
         headers: push
@@ -99,11 +100,7 @@ struct Batch {
     filtered: u64,
 }
 
-pub async fn run(
-    shared: Arc<Shared>,
-    row: SubscriptionRow,
-    token: CancellationToken,
-) -> Ended {
+pub async fn run(shared: Arc<Shared>, row: SubscriptionRow, token: CancellationToken) -> Ended {
     let name = row.name.clone();
     let spec = Subscription::decode(row.spec.as_slice()).unwrap_or_default();
     let Some(settings) = settings(&spec) else {
@@ -221,10 +218,7 @@ impl Worker {
         let idle = Duration::from_millis(500);
         loop {
             let wait = match first {
-                Some(at) => self
-                    .settings
-                    .max_wait
-                    .saturating_sub(at.elapsed()),
+                Some(at) => self.settings.max_wait.saturating_sub(at.elapsed()),
                 None if batch.next.is_empty() => Duration::from_secs(3600),
                 None => idle,
             };
@@ -303,12 +297,15 @@ impl Worker {
                     self.delivered();
                     if self.settings.rate > 0.0 {
                         self.next_allowed = Instant::now()
-                            + Duration::from_secs_f64(batch.events.len() as f64 / self.settings.rate);
+                            + Duration::from_secs_f64(
+                                batch.events.len() as f64 / self.settings.rate,
+                            );
                     }
                     return Delivery::Done;
                 }
                 Attempt::Gone => {
-                    self.set_state("disabled", "the endpoint answered 410 Gone").await;
+                    self.set_state("disabled", "the endpoint answered 410 Gone")
+                        .await;
                     return Delivery::Gone;
                 }
                 Attempt::Failed { why, retry_after } => {
@@ -420,8 +417,8 @@ impl Worker {
 
     fn delivered(&mut self) {
         self.failing_since = None;
-        let report = self.reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY)
-            || self.state != "active";
+        let report =
+            self.reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) || self.state != "active";
         if self.state != "active" {
             tracing::info!(subscription = %self.name, "delivering again");
             self.state = "active";
@@ -432,7 +429,9 @@ impl Worker {
             let (pool, name) = (self.shared.pool.clone(), self.name.clone());
             tokio::spawn(async move {
                 let r = pool
-                    .run(async |c| store::report(c, &name, "active", Some(SystemTime::now()), "").await)
+                    .run(async |c| {
+                        store::report(c, &name, "active", Some(SystemTime::now()), "").await
+                    })
                     .await;
                 if let Err(e) = r {
                     tracing::debug!(subscription = %name, error = %e, "cannot record the delivery");

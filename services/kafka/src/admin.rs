@@ -55,7 +55,11 @@ pub async fn ensure_topic(
 /// Deletes a consumer group (its committed offsets). `Ok(false)` when the
 /// broker knows no such group; an error when it refuses (e.g. the group
 /// still has members, or the broker does not support it).
-pub async fn delete_group(admin: &Admin, group: &str, timeout: Duration) -> Result<bool, KafkaError> {
+pub async fn delete_group(
+    admin: &Admin,
+    group: &str,
+    timeout: Duration,
+) -> Result<bool, KafkaError> {
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
     let results = admin.delete_groups(&[group], &options).await?;
     match results.into_iter().next() {

@@ -469,8 +469,10 @@ mod tests {
     fn answers_are_read() {
         let a = parse_answer(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 2\r\n\r\n").unwrap();
         assert_eq!((a.status, a.retry_after), (429, Some(2)));
-        let a = parse_answer(b"HTTP/1.0 204 No Content\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n")
-            .unwrap();
+        let a = parse_answer(
+            b"HTTP/1.0 204 No Content\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((a.status, a.retry_after), (204, None));
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n").is_err());
     }

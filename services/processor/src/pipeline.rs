@@ -21,8 +21,8 @@ use tributary_platform::shutdown::CancellationToken;
 use tributary_store::Pool;
 use tributary_store::events::{self, NewDeadLetter, NewEvent};
 
-use tributary_platform::record::{self as decode, Decoded};
 use crate::metrics::ProcessorMetrics;
+use tributary_platform::record::{self as decode, Decoded};
 
 pub struct Pipeline {
     pub consumer: Arc<Consumer>,

@@ -203,7 +203,13 @@ pub async fn deliver(
 /// answer (a 3xx is just not a 2xx).
 async fn post(webhooks: &EgressPolicy, url: &str, body: &str) -> std::io::Result<u16> {
     let answer = webhooks
-        .post(url, "application/json", &[], body.as_bytes(), "tributary-processor")
+        .post(
+            url,
+            "application/json",
+            &[],
+            body.as_bytes(),
+            "tributary-processor",
+        )
         .await?;
     Ok(answer.status)
 }

@@ -16,8 +16,8 @@ use tributary_store::events::{self, Cursor};
 
 use crate::context::{QueryContext, db_span, store_status};
 use crate::convert::stored_event;
-use tributary_platform::filter::store_filter;
 use crate::page_token;
+use tributary_platform::filter::store_filter;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 100;
 pub const MAX_PAGE_SIZE: i64 = 1000;

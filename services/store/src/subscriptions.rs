@@ -101,9 +101,15 @@ pub async fn list(
 /// One subscription's generation; `None` once it is deleted. What a
 /// dispatch worker asks before each delivery attempt, so a pause or a
 /// delete holds from the moment the operator's call returns.
-pub async fn generation(client: &impl GenericClient, name: &str) -> Result<Option<i64>, StoreError> {
+pub async fn generation(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<Option<i64>, StoreError> {
     Ok(client
-        .query_opt("SELECT generation FROM subscriptions WHERE name = $1", &[&name])
+        .query_opt(
+            "SELECT generation FROM subscriptions WHERE name = $1",
+            &[&name],
+        )
         .await?
         .map(|r| r.get(0)))
 }

@@ -42,13 +42,20 @@ async fn receiver(statuses: Vec<u16>) -> (String, Got) {
                     let head = String::from_utf8_lossy(&raw[..i]).into_owned();
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap();
                     while raw.len() < i + 4 + len {
                         let n = s.read(&mut buf).await.unwrap();
                         raw.extend_from_slice(&buf[..n]);
                     }
-                    break (head, String::from_utf8_lossy(&raw[i + 4..i + 4 + len]).into_owned());
+                    break (
+                        head,
+                        String::from_utf8_lossy(&raw[i + 4..i + 4 + len]).into_owned(),
+                    );
                 }
             };
             let headers = head
@@ -59,7 +66,8 @@ async fn receiver(statuses: Vec<u16>) -> (String, Got) {
                 .collect();
             seen.lock().unwrap().push((headers, body));
             let status = statuses.next().unwrap_or(200);
-            let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let answer =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             s.write_all(answer.as_bytes()).await.unwrap();
         }
     });
@@ -79,7 +87,9 @@ async fn start(db: &TestDb, kafka: &KafkaArgs) -> CancellationToken {
         "--poll-interval=200ms".into(),
         "--webhook-allow-cidr=127.0.0.0/8".into(),
     ]);
-    let dispatch = Dispatch::build(config, prometheus::Registry::new()).await.unwrap();
+    let dispatch = Dispatch::build(config, prometheus::Registry::new())
+        .await
+        .unwrap();
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(dispatch.run(async move { stop.cancelled().await }));
@@ -126,11 +136,20 @@ async fn delivers_matching_events_signed_in_batches_and_retries_failures() {
         batch: Some(BatchPolicy {
             max_events: 3,
             max_bytes: 1 << 20,
-            max_wait: Some(prost_types::Duration { seconds: 0, nanos: 300_000_000 }),
+            max_wait: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 300_000_000,
+            }),
         }),
         retry: Some(RetryPolicy {
-            min_backoff: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
-            max_backoff: Some(prost_types::Duration { seconds: 0, nanos: 200_000_000 }),
+            min_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+            max_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 200_000_000,
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -139,16 +158,27 @@ async fn delivers_matching_events_signed_in_batches_and_retries_failures() {
     let pool = tributary_store::pool::build(&tributary_store::PoolConfig::new(&db.url)).unwrap();
     let encoded = spec.encode_to_vec();
     let secrets = vec![secret.clone()];
-    pool.run(async |c| tributary_store::subscriptions::create(c, &name, &encoded, false, &secrets).await)
-        .await
-        .unwrap()
-        .unwrap();
+    pool.run(async |c| {
+        tributary_store::subscriptions::create(c, &name, &encoded, false, &secrets).await
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let token = start(&db, &kafka).await;
 
-    let producer = Producer::new(&kafka, &ProducerSettings::default(), &prometheus::Registry::new()).unwrap();
+    let producer = Producer::new(
+        &kafka,
+        &ProducerSettings::default(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     // No committed offsets: the group starts at the earliest, so these count.
     for i in 0..7 {
-        let (t, user) = if i % 2 == 0 { ("match", "u1") } else { ("other", "u1") };
+        let (t, user) = if i % 2 == 0 {
+            ("match", "u1")
+        } else {
+            ("other", "u1")
+        };
         producer
             .send(Record {
                 topic: &kafka.topic,
@@ -182,7 +212,11 @@ async fn delivers_matching_events_signed_in_batches_and_retries_failures() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(delivered, vec!["e0", "e2", "e4", "e6"], "in order, only matching");
+    assert_eq!(
+        delivered,
+        vec!["e0", "e2", "e4", "e6"],
+        "in order, only matching"
+    );
     let requests = got.lock().unwrap().clone();
     let header = |i: usize, name: &str| {
         requests[i]
@@ -201,7 +235,12 @@ async fn delivers_matching_events_signed_in_batches_and_retries_failures() {
         let ts: u64 = header(i, "webhook-timestamp").parse().unwrap();
         assert_eq!(
             header(i, "webhook-signature"),
-            tributary_dispatch::sign::signature(&[secret.clone()], &header(i, "webhook-id"), ts, body.as_bytes())
+            tributary_dispatch::sign::signature(
+                std::slice::from_ref(&secret),
+                &header(i, "webhook-id"),
+                ts,
+                body.as_bytes()
+            )
         );
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["subscription"], name.as_str());
