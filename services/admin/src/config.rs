@@ -24,7 +24,9 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// Consumer groups whose lag is exported (comma-separated).
+    /// Consumer groups whose lag is exported (comma-separated). Every
+    /// subscription's group (tributary.sub.<name>) is exported too, found by
+    /// one query of the subscriptions table per refresh.
     #[arg(
         long,
         env = "TRIBUTARY_LAG_GROUPS",

@@ -26,6 +26,7 @@ fn store_filter(f: &DeadLetterFilter) -> Result<store::DeadLetterFilter, Status>
     };
     let non_empty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
     Ok(store::DeadLetterFilter {
+        subscription: f.subscription.clone(),
         reason_contains: non_empty(&f.reason_contains),
         topic: non_empty(&f.topic),
         include_redriven: f.include_redriven,
@@ -78,6 +79,8 @@ fn to_proto(d: DeadLetterRow) -> DeadLetter {
         event_type: d.event_type.unwrap_or_default(),
         first_seen_at: Some(d.first_seen_at.into()),
         redriven_at: d.redriven_at.map(Into::into),
+        subscription: d.subscription,
+        redrive_requested_at: d.redrive_requested_at.map(Into::into),
     }
 }
 
@@ -164,6 +167,14 @@ pub async fn redrive(
         if request.dry_run {
             redriven_ids.push(d.id);
             continue; // the transaction rolls back: nothing is marked
+        }
+        if !d.subscription.is_empty() {
+            // Queued: dispatch delivers it to that subscription only.
+            tx.commit()
+                .await
+                .map_err(|e| db_status("cannot queue the dead letter", &e.into()))?;
+            redriven_ids.push(d.id);
+            continue;
         }
         let from = d.id.to_string();
         let mut headers: Vec<(&str, &[u8])> = d

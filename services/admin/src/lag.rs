@@ -161,6 +161,14 @@ impl LagMonitor {
         let _ = peeker.unassign();
     }
 
+    /// Withdraws the series of groups no longer exported (a deleted
+    /// subscription's).
+    pub fn forget(&self, groups: &[String], topic: &str) {
+        for group in groups {
+            self.metrics.clear(group, topic);
+        }
+    }
+
     /// Refreshes the gauges for `groups` on `topic`.
     pub fn export(&self, groups: &[String], topic: &str) {
         for group in groups {

@@ -116,6 +116,7 @@ impl Admin {
         });
         let exporter = tokio::spawn(export_lag(
             self.api.ctx.lag.clone(),
+            self.api.ctx.pool.clone(),
             self.config.lag_groups.clone(),
             self.config.kafka.topic.clone(),
             self.config.lag_poll_interval,
@@ -152,14 +153,42 @@ impl Admin {
 /// broker delays the next poll instead of piling them up).
 async fn export_lag(
     monitor: Arc<lag::LagMonitor>,
+    pool: tributary_store::Pool,
     groups: Vec<String>,
     topic: String,
     interval: Duration,
     token: shutdown::CancellationToken,
 ) {
+    // Subscriptions' groups exported at the last refresh, to withdraw the
+    // series of one deleted since.
+    let mut discovered: Vec<String> = Vec::new();
     loop {
-        let (m, g, t) = (monitor.clone(), groups.clone(), topic.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || m.export(&g, &t)).await {
+        let mut all = groups.clone();
+        match pool
+            .run(async |c| tributary_store::subscriptions::generations(c).await)
+            .await
+        {
+            Ok(subs) => {
+                let now: Vec<String> = subs
+                    .into_iter()
+                    .map(|(name, _)| tributary_store::subscriptions::consumer_group(&name))
+                    .collect();
+                let gone: Vec<String> = discovered
+                    .iter()
+                    .filter(|g| !now.contains(g))
+                    .cloned()
+                    .collect();
+                if !gone.is_empty() {
+                    monitor.forget(&gone, &topic);
+                }
+                discovered = now;
+            }
+            // Keep exporting the ones known: PostgreSQL may be back soon.
+            Err(e) => tracing::debug!(error = %tributary_store::error_chain(&e), "cannot list subscriptions for the lag gauges"),
+        }
+        all.extend(discovered.iter().cloned());
+        let (m, t) = (monitor.clone(), topic.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || m.export(&all, &t)).await {
             tracing::warn!(error = %e, "lag poll failed");
         }
         tokio::select! {

@@ -24,10 +24,6 @@ use tributary_store::subscriptions::{self as store, SubscriptionRow};
 
 use crate::context::{AdminContext, blocking, db_status};
 
-/// The consumer group of a subscription.
-pub fn group_of(name: &str) -> String {
-    format!("tributary.sub.{name}")
-}
 
 const MAX_HEADERS: usize = 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -274,7 +270,7 @@ fn to_proto(row: &SubscriptionRow, lag: i64) -> Subscription {
     s.last_error.clone_from(&row.last_error);
     s.created_at = Some(row.created_at.into());
     s.updated_at = Some(row.updated_at.into());
-    s.consumer_group = group_of(&row.name);
+    s.consumer_group = store::consumer_group(&row.name);
     s
 }
 
@@ -282,7 +278,7 @@ fn to_proto(row: &SubscriptionRow, lag: i64) -> Subscription {
 /// topic's partitions; -1 when the broker does not answer.
 async fn lag_of(ctx: &AdminContext, name: &str) -> i64 {
     let lag = ctx.lag.clone();
-    let (group, topic) = (group_of(name), ctx.kafka.topic.clone());
+    let (group, topic) = (store::consumer_group(name), ctx.kafka.topic.clone());
     match blocking(
         move || lag.measure(&group, &topic),
         "cannot measure the lag",
@@ -317,7 +313,7 @@ async fn place(
     let response = crate::replay::reset_offsets(
         ctx,
         ResetOffsetsRequest {
-            group: group_of(name),
+            group: store::consumer_group(name),
             topic: String::new(),
             to: Some(reset_to(at)?),
             dry_run: false,
@@ -594,7 +590,7 @@ pub async fn delete(
     // within its poll interval); a later subscription of the same name then
     // starts where its own creation puts it. In the background: the call
     // is done when the subscription is.
-    let (ctx, group) = (ctx.clone(), group_of(&request.name));
+    let (ctx, group) = (ctx.clone(), store::consumer_group(&request.name));
     tokio::spawn(async move { forget_group(&ctx, &group).await });
     Ok(DeleteSubscriptionResponse {})
 }

@@ -1,5 +1,6 @@
-//! Dispatch's gRPC port: health and reflection (the Pull API,
-//! `tributary.v1.SubscriberService`, is still to come).
+//! Dispatch's gRPC port: `tributary.v1.SubscriberService` (Pull), health and
+//! reflection.
 
-/// Health names dispatch as this.
-pub const HEALTH_NAME: &str = "tributary.v1.Dispatch";
+/// The names dispatch's health service answers for: its own (readiness) and
+/// the Pull API's.
+pub const HEALTH_NAMES: &[&str] = &["tributary.v1.Dispatch", "tributary.v1.SubscriberService"];

@@ -6,8 +6,10 @@
 //! a subscription's worker when an operator changes it.
 
 mod config;
+mod context;
 mod grpc;
 mod metrics;
+mod pull;
 mod push;
 pub mod sign;
 
@@ -79,24 +81,6 @@ impl Dispatch {
                     .map_err(|e| format!("postgresql: {}", tributary_platform::status::chain(&e)))
             })
         });
-        let security = service::Security::build(
-            &self.config.edge,
-            self.pool.clone(),
-            &self.registry,
-            &[grpc::HEALTH_NAME],
-            None,
-        )?;
-        let ports = service::Ports {
-            name: "dispatch",
-            grpc: self.grpc,
-            http: self.http,
-            registry: self.registry,
-            health_names: &[grpc::HEALTH_NAME],
-            ready: readiness,
-            grace: self.config.shutdown.shutdown_grace,
-            security,
-        };
-        let server = tokio::spawn(service::run(ports, token.clone(), |_| {}));
         let schemas = tributary_store::schema_cache::SchemaCache::default();
         let refresher = tokio::spawn(tributary_store::schema_cache::refresh(
             schemas.clone(),
@@ -104,7 +88,7 @@ impl Dispatch {
             std::time::Duration::from_secs(30),
             token.clone().cancelled_owned(),
         ));
-        let shared = Arc::new(push::Shared {
+        let shared = Arc::new(context::Shared {
             kafka: self.config.kafka.clone(),
             pool: self.pool.clone(),
             schemas,
@@ -112,6 +96,29 @@ impl Dispatch {
             metrics: self.metrics.clone(),
             failing_after: self.config.failing_after,
         });
+        let security = service::Security::build(
+            &self.config.edge,
+            self.pool.clone(),
+            &self.registry,
+            grpc::HEALTH_NAMES,
+            None,
+        )?;
+        let ports = service::Ports {
+            name: "dispatch",
+            grpc: self.grpc,
+            http: self.http,
+            registry: self.registry,
+            health_names: grpc::HEALTH_NAMES,
+            ready: readiness,
+            grace: self.config.shutdown.shutdown_grace,
+            security,
+        };
+        let api = pull::PullApi::new(shared.clone(), token.clone());
+        let server = tokio::spawn(service::run(ports, token.clone(), |routes| {
+            routes.add_service(
+                tributary_proto::v1::subscriber_service_server::SubscriberServiceServer::new(api),
+            );
+        }));
         supervise(shared, self.config.poll_interval, token.clone()).await;
         refresher.abort();
         token.cancel();

@@ -12,26 +12,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
+use rdkafka::message::OwnedMessage;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tributary_kafka::consumer::{self, ConsumerSettings};
-use tributary_platform::egress::EgressPolicy;
 use tributary_platform::record::{self, Decoded};
 use tributary_proto::v1::{Subscription, subscription};
-use tributary_store::events::{Candidate, EventFilter, NewEvent};
+use tributary_store::dead_letters as letters;
+use tributary_store::events::{EventFilter, NewDeadLetter, NewEvent};
 use tributary_store::subscriptions::{self as store, SubscriptionRow};
 
-use crate::metrics::DispatchMetrics;
-
-/// What every worker shares.
-pub struct Shared {
-    pub kafka: tributary_kafka::KafkaArgs,
-    pub pool: tributary_store::Pool,
-    pub schemas: tributary_store::schema_cache::SchemaCache,
-    pub webhooks: EgressPolicy,
-    pub metrics: DispatchMetrics,
-    pub failing_after: Duration,
-}
+use crate::context::{Shared, matching};
 
 /// The settings a worker runs with, read from the stored spec.
 struct Settings {
@@ -44,6 +37,9 @@ struct Settings {
     max_wait: Duration,
     min_backoff: Duration,
     max_backoff: Duration,
+    /// 0: unlimited.
+    max_attempts: u32,
+    max_age: Duration,
     rate: f64,
 }
 
@@ -73,6 +69,8 @@ fn settings(spec: &Subscription) -> Option<Settings> {
         max_wait: d(batch.max_wait.as_ref(), Duration::from_secs(1)),
         min_backoff: d(retry.min_backoff.as_ref(), Duration::from_secs(1)),
         max_backoff: d(retry.max_backoff.as_ref(), Duration::from_secs(60)),
+        max_attempts: u32::try_from(retry.max_attempts).unwrap_or(0),
+        max_age: d(retry.max_age.as_ref(), Duration::from_secs(24 * 3600)),
         rate: spec.rate_per_second,
     })
 }
@@ -93,11 +91,24 @@ pub enum Ended {
 #[derive(Default)]
 struct Batch {
     events: Vec<Value>,
+    /// The records behind `events`, to keep as dead letters if delivery
+    /// gives up on them.
+    sources: Vec<Source>,
     bytes: usize,
     /// partition → the next offset to read.
     next: BTreeMap<i32, i64>,
     /// Records read that the filter (or the validation) skipped.
     filtered: u64,
+    /// The producer spans of the batch's events (each once), for the
+    /// delivery span's links.
+    links: Vec<opentelemetry::trace::SpanContext>,
+}
+
+/// A delivered event's record, as read.
+struct Source {
+    message: OwnedMessage,
+    event_id: String,
+    event_type: String,
 }
 
 pub async fn run(shared: Arc<Shared>, row: SubscriptionRow, token: CancellationToken) -> Ended {
@@ -107,7 +118,7 @@ pub async fn run(shared: Arc<Shared>, row: SubscriptionRow, token: CancellationT
         tracing::warn!(subscription = %name, "not a valid push subscription; not delivering");
         return Ended::Failed;
     };
-    let group = format!("tributary.sub.{name}");
+    let group = store::consumer_group(&name);
     let consumer = match consumer::build(
         &shared.kafka,
         &ConsumerSettings {
@@ -137,6 +148,7 @@ pub async fn run(shared: Arc<Shared>, row: SubscriptionRow, token: CancellationT
         state: "active",
         reported: None,
         next_allowed: Instant::now(),
+        redrive_checked: None,
     };
     shared.metrics.set_state(&name, "active");
     let ended = worker.work(&token).await;
@@ -160,14 +172,22 @@ struct Worker {
     reported: Option<Instant>,
     /// The rate limit: no batch before this.
     next_allowed: Instant,
+    /// When the redrive queue was last looked at.
+    redrive_checked: Option<Instant>,
 }
 
 /// Writes of a delivery's time to the table, at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often a worker looks for dead letters a redrive asked it to deliver
+/// (one indexed query).
+const REDRIVE_EVERY: Duration = Duration::from_secs(2);
 
 impl Worker {
     async fn work(&mut self, token: &CancellationToken) -> Ended {
         loop {
+            if let Some(ended) = self.redrive(token).await {
+                return ended;
+            }
             let Some(batch) = self.collect(token).await else {
                 return Ended::Stopped;
             };
@@ -177,21 +197,188 @@ impl Worker {
                 .with_label_values(&[&self.name, "filtered"])
                 .inc_by(batch.filtered);
             if !batch.events.is_empty() {
-                match self.deliver(&batch, token).await {
-                    Delivery::Done => {}
+                // One trace per delivery, linked to its events' producer
+                // spans (as the processor's batch span is).
+                let span = tracing::info_span!(
+                    parent: None,
+                    "dispatch.deliver",
+                    otel.name = "send tributary.events",
+                    otel.kind = "producer",
+                    messaging.system = "webhook",
+                    messaging.operation.type = "send",
+                    messaging.batch.message_count = i64::try_from(batch.events.len()).unwrap_or(i64::MAX),
+                    subscription = %self.name,
+                );
+                for link in &batch.links {
+                    span.add_link(link.clone());
+                }
+                match self.deliver(&batch.events, token).instrument(span).await {
+                    Delivery::Done => m
+                        .events
+                        .with_label_values(&[&self.name, "delivered"])
+                        .inc_by(batch.events.len() as u64),
+                    Delivery::GaveUp(why) => {
+                        if !self.dead_letter(&batch, &why, token).await {
+                            return Ended::Stopped;
+                        }
+                    }
                     Delivery::Stopped => return Ended::Stopped,
                     Delivery::Gone => return Ended::Disabled,
                 }
-                m.events
-                    .with_label_values(&[&self.name, "delivered"])
-                    .inc_by(batch.events.len() as u64);
             }
             self.store_offsets(&batch);
         }
     }
 
+    /// Keeps the batch's records as this subscription's dead letters (retried
+    /// until PostgreSQL takes them: only then does delivery move on); false
+    /// when stopped first.
+    async fn dead_letter(&mut self, batch: &Batch, why: &str, token: &CancellationToken) -> bool {
+        let reason = format!("delivery gave up: {why}");
+        let rows: Vec<NewDeadLetter> = batch
+            .sources
+            .iter()
+            .map(|s| {
+                let mut d = record::dead_letter(
+                    &s.message,
+                    record::Rejection {
+                        reason: reason.clone(),
+                        event_id: Some(s.event_id.clone()),
+                        event_type: Some(s.event_type.clone()),
+                    },
+                );
+                d.subscription.clone_from(&self.name);
+                d
+            })
+            .collect();
+        loop {
+            let r = self
+                .shared
+                .pool
+                .run(async |c| tributary_store::events::insert_dead_letters(c, &rows).await)
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(subscription = %self.name, error = %tributary_store::error_chain(&e), "cannot keep the dead letters; retrying");
+                    tokio::select! {
+                        () = token.cancelled() => return false,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        tracing::warn!(subscription = %self.name, events = rows.len(), reason = %reason, "batch dead-lettered");
+        self.shared
+            .metrics
+            .events
+            .with_label_values(&[&self.name, "dead_lettered"])
+            .inc_by(rows.len() as u64);
+        true
+    }
+
+    /// Delivers the letters a redrive asked for (at most a batch, looked at
+    /// every few seconds); `Some` when the worker must end.
+    async fn redrive(&mut self, token: &CancellationToken) -> Option<Ended> {
+        if self
+            .redrive_checked
+            .is_some_and(|at| at.elapsed() < REDRIVE_EVERY)
+        {
+            return None;
+        }
+        self.redrive_checked = Some(Instant::now());
+        let (name, limit) = (self.name.clone(), self.settings.max_events as i64);
+        let queued = match self
+            .shared
+            .pool
+            .run(async |c| letters::redrive_queue(c, &name, limit).await)
+            .await
+        {
+            Ok(q) if !q.is_empty() => q,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::debug!(subscription = %self.name, error = %tributary_store::error_chain(&e), "cannot read the redrive queue");
+                return None;
+            }
+        };
+        let mut events = Vec::new();
+        let mut ids = Vec::new();
+        let mut undecodable = Vec::new();
+        for d in queued {
+            let message = OwnedMessage::new(
+                d.value,
+                d.key,
+                d.topic,
+                rdkafka::Timestamp::NotAvailable,
+                d.partition,
+                d.offset,
+                Some(d.headers.iter().fold(
+                    rdkafka::message::OwnedHeaders::new(),
+                    |h, (k, v)| {
+                        h.insert(rdkafka::message::Header {
+                            key: k,
+                            value: Some(v),
+                        })
+                    },
+                )),
+            );
+            match record::decode(&message, &self.shared.schemas) {
+                Decoded::Event(e) => match serde_json::from_str(&e.row.payload_json) {
+                    Ok(payload) => {
+                        events.push(stored_event_json(&e.row, payload));
+                        ids.push(d.id);
+                    }
+                    Err(_) => undecodable.push(d.id),
+                },
+                Decoded::Poison(_) => undecodable.push(d.id),
+            }
+        }
+        if !undecodable.is_empty() {
+            self.finish_redrive(&undecodable, false, "not a valid event any more; not delivered")
+                .await;
+        }
+        if events.is_empty() {
+            return None;
+        }
+        let m = self.shared.metrics.clone();
+        match self.deliver(&events, token).await {
+            Delivery::Done => {
+                self.finish_redrive(&ids, true, "").await;
+                m.events
+                    .with_label_values(&[&self.name, "delivered"])
+                    .inc_by(ids.len() as u64);
+                tracing::info!(subscription = %self.name, events = ids.len(), "dead letters delivered again");
+                None
+            }
+            Delivery::GaveUp(why) => {
+                self.finish_redrive(&ids, false, &format!("redrive gave up: {why}"))
+                    .await;
+                None
+            }
+            // Still asked for: delivered when the worker runs again.
+            Delivery::Stopped => Some(Ended::Stopped),
+            Delivery::Gone => Some(Ended::Disabled),
+        }
+    }
+
+    async fn finish_redrive(&self, ids: &[i64], delivered: bool, reason: &str) {
+        let r = self
+            .shared
+            .pool
+            .run(async |c| letters::finish_redrive(c, ids, delivered, reason).await)
+            .await;
+        if let Err(e) = r {
+            // Delivered but not marked: the next look delivers it again (at
+            // least once); not delivered and not cleared: it is retried.
+            tracing::warn!(subscription = %self.name, error = %tributary_store::error_chain(&e), "cannot record the redrive's outcome");
+        }
+    }
+
     /// Marks the batch done: the next commit resumes after it.
     fn store_offsets(&self, batch: &Batch) {
+        if batch.next.is_empty() {
+            return;
+        }
         let mut tpl = rdkafka::TopicPartitionList::with_capacity(batch.next.len());
         for (partition, next) in &batch.next {
             if let Err(e) = tpl.add_partition_offset(
@@ -219,7 +406,8 @@ impl Worker {
         loop {
             let wait = match first {
                 Some(at) => self.settings.max_wait.saturating_sub(at.elapsed()),
-                None if batch.next.is_empty() => Duration::from_secs(3600),
+                // Nothing read: come back now and then for the redrive queue.
+                None if batch.next.is_empty() => REDRIVE_EVERY,
                 None => idle,
             };
             let message = tokio::select! {
@@ -240,10 +428,21 @@ impl Worker {
             batch.next.insert(message.partition(), message.offset() + 1);
             match record::decode(&message, &self.shared.schemas) {
                 Decoded::Poison(_) => batch.filtered += 1,
-                Decoded::Event(event) => match self.matching(&event.row) {
-                    Some(json) => {
+                Decoded::Event(event) => match matching(&self.settings.filter, &event.row) {
+                    Some(payload) => {
+                        let json = stored_event_json(&event.row, payload);
                         batch.bytes += json.to_string().len() + 1;
                         batch.events.push(json);
+                        if let Some(parent) = event.parent
+                            && !batch.links.iter().any(|l| l.span_id() == parent.span_id())
+                        {
+                            batch.links.push(parent);
+                        }
+                        batch.sources.push(Source {
+                            message,
+                            event_id: event.row.event_id.clone(),
+                            event_type: event.row.event_type.clone(),
+                        });
                         first.get_or_insert_with(Instant::now);
                     }
                     None => batch.filtered += 1,
@@ -257,26 +456,12 @@ impl Worker {
         }
     }
 
-    /// The event as the body carries it, when the filter takes it.
-    fn matching(&self, e: &NewEvent) -> Option<Value> {
-        let payload: Value = serde_json::from_str(&e.payload_json).ok()?;
-        let candidate = Candidate {
-            event_type: &e.event_type,
-            source: &e.source,
-            user_id: &e.user_id,
-            session_id: &e.session_id,
-            occurred_at: e.occurred_at,
-            payload: &payload,
-        };
-        self.settings
-            .filter
-            .matches(&candidate)
-            .then(|| stored_event_json(e, payload))
-    }
-
-    async fn deliver(&mut self, batch: &Batch, token: &CancellationToken) -> Delivery {
-        let body = json!({"subscription": self.name, "events": batch.events}).to_string();
+    /// Retries the batch until the endpoint takes it, or the retry policy
+    /// gives up on it (`GaveUp`), or the worker is stopped.
+    async fn deliver(&mut self, events: &[Value], token: &CancellationToken) -> Delivery {
+        let body = json!({"subscription": self.name, "events": events}).to_string();
         let id = message_id();
+        let first = Instant::now();
         let mut attempt: u32 = 0;
         loop {
             // The rate: batches spaced so that events per second stay under it.
@@ -310,6 +495,12 @@ impl Worker {
                 }
                 Attempt::Failed { why, retry_after } => {
                     self.failed(&why).await;
+                    let s = &self.settings;
+                    if (s.max_attempts > 0 && attempt >= s.max_attempts)
+                        || first.elapsed() >= s.max_age
+                    {
+                        return Delivery::GaveUp(format!("{why} (after {attempt} attempts)"));
+                    }
                     let backoff = backoff(&self.settings, attempt);
                     retry_after.map_or(backoff, |r| r.max(self.settings.min_backoff))
                 }
@@ -471,6 +662,8 @@ impl Worker {
 
 enum Delivery {
     Done,
+    /// The retry policy is exhausted; why the last attempt failed.
+    GaveUp(String),
     Stopped,
     Gone,
 }

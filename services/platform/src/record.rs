@@ -196,6 +196,7 @@ pub fn dead_letter(message: &OwnedMessage, rejection: Rejection) -> NewDeadLette
         reason: rejection.reason,
         event_id: rejection.event_id,
         event_type: rejection.event_type,
+        subscription: String::new(),
     }
 }
 

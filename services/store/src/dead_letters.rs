@@ -1,4 +1,6 @@
-//! Dead letters: listing, and claiming them for a redrive exactly once.
+//! Dead letters: listing, and claiming them for a redrive exactly once. The
+//! processor's letters have subscription ''; a subscription's are redriven
+//! by dispatch delivering them again (the redrive queue below).
 
 use std::time::SystemTime;
 
@@ -9,6 +11,8 @@ use crate::events::Where;
 
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterFilter {
+    /// Whose letters: '' for the processor's.
+    pub subscription: String,
     pub reason_contains: Option<String>,
     pub topic: Option<String>,
     pub include_redriven: bool,
@@ -30,10 +34,13 @@ pub struct DeadLetterRow {
     pub event_type: Option<String>,
     pub first_seen_at: SystemTime,
     pub redriven_at: Option<SystemTime>,
+    pub subscription: String,
+    pub redrive_requested_at: Option<SystemTime>,
 }
 
 const COLUMNS: &str = "id, topic, kafka_partition, kafka_offset, record_key, record_value, \
-     header_keys, header_values, reason, event_id, event_type, first_seen_at, redriven_at";
+     header_keys, header_values, reason, event_id, event_type, first_seen_at, redriven_at, \
+     subscription, redrive_requested_at";
 
 fn row(r: &tokio_postgres::Row) -> DeadLetterRow {
     let keys: Vec<String> = r.get(6);
@@ -51,11 +58,14 @@ fn row(r: &tokio_postgres::Row) -> DeadLetterRow {
         event_type: r.get(10),
         first_seen_at: r.get(11),
         redriven_at: r.get(12),
+        subscription: r.get(13),
+        redrive_requested_at: r.get(14),
     }
 }
 
 fn where_clause(filter: &DeadLetterFilter) -> Where {
     let mut w = Where::new();
+    w.push("subscription = $?", filter.subscription.clone());
     if let Some(s) = &filter.reason_contains {
         // strpos, not LIKE: the client's text is matched literally.
         w.push("strpos(reason, $?) > 0", s.clone());
@@ -64,7 +74,8 @@ fn where_clause(filter: &DeadLetterFilter) -> Where {
         w.push("topic = $?", t.clone());
     }
     if !filter.include_redriven {
-        w.clauses.push("redriven_at IS NULL".into());
+        w.clauses
+            .push("redriven_at IS NULL AND redrive_requested_at IS NULL".into());
     }
     if let Some(t) = filter.first_seen_after {
         w.push("first_seen_at >= $?", t);
@@ -102,11 +113,12 @@ pub enum Selection {
     Filter(DeadLetterFilter),
 }
 
-/// Locks the selected dead letters not redriven yet and marks them redriven
-/// (inside `tx`: commit only after re-publishing, roll back on failure).
-/// Returns them, and the selected ids that had been redriven before. A
-/// concurrent redrive of the same ids waits on the row locks, then finds
-/// them redriven: no dead letter is re-published twice.
+/// Locks the selected dead letters not redriven yet and marks them: the
+/// processor's redriven (inside `tx`: commit only after re-publishing, roll
+/// back on failure), a subscription's as waiting for dispatch to deliver
+/// them again. Returns them, and the selected ids that had been redriven (or
+/// asked for) before. A concurrent redrive of the same ids waits on the row
+/// locks, then finds them marked: no dead letter is redriven twice.
 pub async fn claim_for_redrive(
     tx: &impl GenericClient,
     selection: &Selection,
@@ -116,7 +128,8 @@ pub async fn claim_for_redrive(
         Selection::Ids(ids) => {
             let rows = tx
                 .query(
-                    "SELECT id, redriven_at IS NOT NULL FROM dead_letters WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    "SELECT id, redriven_at IS NOT NULL OR redrive_requested_at IS NOT NULL
+                     FROM dead_letters WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                     &[ids],
                 )
                 .await?;
@@ -146,10 +159,57 @@ pub async fn claim_for_redrive(
         }
     };
     let sql = format!(
-        "UPDATE dead_letters SET redriven_at = clock_timestamp()
-         WHERE id = ANY($1) AND redriven_at IS NULL RETURNING {COLUMNS}"
+        "UPDATE dead_letters
+         SET redriven_at = CASE WHEN subscription = '' THEN clock_timestamp() END,
+             redrive_requested_at = CASE WHEN subscription <> '' THEN clock_timestamp() END
+         WHERE id = ANY($1) AND redriven_at IS NULL AND redrive_requested_at IS NULL
+         RETURNING {COLUMNS}"
     );
     let mut claimed: Vec<DeadLetterRow> = tx.query(&sql, &[&ids]).await?.iter().map(row).collect();
     claimed.sort_by_key(|d| d.id);
     Ok((claimed, already))
+}
+
+/// A subscription's letters waiting to be delivered again, oldest first.
+pub async fn redrive_queue(
+    client: &impl GenericClient,
+    subscription: &str,
+    limit: i64,
+) -> Result<Vec<DeadLetterRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM dead_letters
+         WHERE subscription = $1 AND redrive_requested_at IS NOT NULL AND redriven_at IS NULL
+         ORDER BY id LIMIT $2"
+    );
+    let rows = client.query(&sql, &[&subscription, &limit]).await?;
+    Ok(rows.iter().map(row).collect())
+}
+
+/// Ends a redrive of `ids`: delivered (the endpoint answered 2xx) marks them
+/// redriven; otherwise the request is cleared and `reason` says why, so they
+/// can be redriven again later.
+pub async fn finish_redrive(
+    client: &impl GenericClient,
+    ids: &[i64],
+    delivered: bool,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    let n = if delivered {
+        client
+            .execute(
+                "UPDATE dead_letters SET redriven_at = clock_timestamp()
+                 WHERE id = ANY($1) AND redriven_at IS NULL",
+                &[&ids],
+            )
+            .await?
+    } else {
+        client
+            .execute(
+                "UPDATE dead_letters SET redrive_requested_at = NULL, reason = $2
+                 WHERE id = ANY($1) AND redriven_at IS NULL",
+                &[&ids, &reason],
+            )
+            .await?
+    };
+    Ok(n)
 }

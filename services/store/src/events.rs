@@ -37,6 +37,8 @@ pub struct NewDeadLetter {
     pub reason: String,
     pub event_id: Option<String>,
     pub event_type: Option<String>,
+    /// The subscription whose delivery gave up on it; '' for the processor.
+    pub subscription: String,
 }
 
 /// A stored event.
@@ -180,9 +182,9 @@ pub async fn insert_dead_letters(
             .execute(
                 "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, record_key,
                                            record_value, header_keys, header_values, reason,
-                                           event_id, event_type)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
+                                           event_id, event_type, subscription)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (subscription, topic, kafka_partition, kafka_offset) DO NOTHING",
                 &[
                     &d.topic,
                     &d.partition,
@@ -194,6 +196,7 @@ pub async fn insert_dead_letters(
                     &d.reason,
                     &d.event_id,
                     &d.event_type,
+                    &d.subscription,
                 ],
             )
             .await?;

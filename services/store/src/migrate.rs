@@ -47,6 +47,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261201120000_subscriptions",
         sql: include_str!("../migrations/20261201120000_subscriptions.sql"),
     },
+    Migration {
+        version: "20261201130000_subscription_dead_letters",
+        sql: include_str!("../migrations/20261201130000_subscription_dead_letters.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.

@@ -166,9 +166,23 @@ mod admin_rpcs {
                 },
                 event_id: None,
                 event_type: None,
+                subscription: String::new(),
             })
             .collect();
-        assert_eq!(insert_dead_letters(&pg, &letters).await.unwrap(), 3);
+        // The third record is also a dead letter of a subscription: kept
+        // for both.
+        let mut letters = letters;
+        letters.push(NewDeadLetter {
+            reason: "delivery gave up: the endpoint answered 500".into(),
+            subscription: "hooks".into(),
+            ..letters[2].clone()
+        });
+        assert_eq!(insert_dead_letters(&pg, &letters).await.unwrap(), 4);
+        assert_eq!(
+            insert_dead_letters(&pg, &letters).await.unwrap(),
+            0,
+            "each is kept once"
+        );
         let (mut client, token) = start(&db, &kafka).await;
 
         let page = client
@@ -269,6 +283,50 @@ mod admin_rpcs {
                 .is_empty()
         );
         assert_eq!(end_offsets(&kafka, 2), 3);
+
+        // The subscription's letter: listed only when asked for by name, and
+        // a redrive queues it for dispatch, never re-publishing it.
+        let hooks = DeadLetterFilter {
+            subscription: "hooks".into(),
+            ..Default::default()
+        };
+        let list = |filter: DeadLetterFilter| ListDeadLettersRequest {
+            filter: Some(filter),
+            page_size: 0,
+            page_token: String::new(),
+        };
+        let theirs = client
+            .list_dead_letters(list(hooks.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        assert_eq!(theirs.len(), 1);
+        assert_eq!(theirs[0].subscription, "hooks");
+        assert_eq!((theirs[0].partition, theirs[0].offset), (0, 2));
+        let queued = client
+            .redrive_dead_letters(RedriveDeadLettersRequest {
+                selection: Some(redrive_dead_letters_request::Selection::Filter(
+                    hooks.clone(),
+                )),
+                dry_run: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(queued.redriven_ids, [theirs[0].id]);
+        assert_eq!(end_offsets(&kafka, 2), 3, "a subscription's letter is not re-published");
+        let after = client
+            .list_dead_letters(list(DeadLetterFilter {
+                include_redriven: true,
+                ..hooks
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        assert!(after[0].redrive_requested_at.is_some());
+        assert!(after[0].redriven_at.is_none(), "redriven only after a 2xx");
         token.cancel();
     }
 

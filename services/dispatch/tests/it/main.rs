@@ -75,6 +75,11 @@ async fn receiver(statuses: Vec<u16>) -> (String, Got) {
 }
 
 async fn start(db: &TestDb, kafka: &KafkaArgs) -> CancellationToken {
+    start_at(db, kafka).await.0
+}
+
+/// Starts dispatch; its token and gRPC address.
+async fn start_at(db: &TestDb, kafka: &KafkaArgs) -> (CancellationToken, std::net::SocketAddr) {
     tributary_testkit::init_telemetry();
     let config = <Config as clap::Parser>::parse_from([
         "tributary-dispatch".to_owned(),
@@ -90,10 +95,76 @@ async fn start(db: &TestDb, kafka: &KafkaArgs) -> CancellationToken {
     let dispatch = Dispatch::build(config, prometheus::Registry::new())
         .await
         .unwrap();
+    let addr = dispatch.grpc_addr();
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(dispatch.run(async move { stop.cancelled().await }));
-    token
+    (token, addr)
+}
+
+fn millis(ms: i32) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: 0,
+        nanos: ms * 1_000_000,
+    })
+}
+
+async fn create(db: &TestDb, spec: &Subscription, secrets: &[String]) {
+    let pool = tributary_store::pool::build(&tributary_store::PoolConfig::new(&db.url)).unwrap();
+    let encoded = spec.encode_to_vec();
+    pool.run(async |c| {
+        tributary_store::subscriptions::create(c, &spec.name, &encoded, false, secrets).await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+async fn publish(kafka: &KafkaArgs, events: &[(&str, &str, &str)]) {
+    let producer = Producer::new(
+        kafka,
+        &ProducerSettings::default(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
+    for (id, event_type, user) in events {
+        producer
+            .send(Record {
+                topic: &kafka.topic,
+                key: Some(user.as_bytes()),
+                value: &envelope(id, event_type, user),
+                headers: &[],
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// The event ids of each request's body, in order.
+fn bodies(got: &Got) -> Vec<Vec<String>> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["event"]["eventId"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..150 {
+        if let Some(t) = probe().await {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
 }
 
 fn envelope(id: &str, event_type: &str, user: &str) -> Vec<u8> {
@@ -246,5 +317,238 @@ async fn delivers_matching_events_signed_in_batches_and_retries_failures() {
         assert_eq!(v["subscription"], name.as_str());
         assert!(v["events"].as_array().unwrap().len() <= 3);
     }
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_out_of_attempts_becomes_dead_letters_that_a_redrive_delivers_again() {
+    let db = TestDb::new().await.unwrap();
+    let broker = TestBroker::start().await.unwrap();
+    let kafka = broker.kafka_args(&suffix());
+    broker.create_topics(&kafka, 1).await.unwrap();
+    // Two attempts of the first batch fail; everything after succeeds.
+    let (url, got) = receiver(vec![500, 500]).await;
+    let name = format!("dl-{}", suffix());
+    let spec = Subscription {
+        name: name.clone(),
+        delivery: Some(subscription::Delivery::Push(PushConfig {
+            url,
+            ..Default::default()
+        })),
+        batch: Some(BatchPolicy {
+            max_events: 10,
+            max_bytes: 1 << 20,
+            max_wait: millis(300),
+        }),
+        retry: Some(RetryPolicy {
+            min_backoff: millis(50),
+            max_backoff: millis(100),
+            max_attempts: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    create(&db, &spec, &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()]).await;
+    let token = start(&db, &kafka).await;
+    publish(&kafka, &[("a", "t", "u1"), ("b", "t", "u1")]).await;
+    let pool = tributary_store::pool::build(&tributary_store::PoolConfig::new(&db.url)).unwrap();
+    let filter = tributary_store::dead_letters::DeadLetterFilter {
+        subscription: name.clone(),
+        include_redriven: true,
+        ..Default::default()
+    };
+    let letters = eventually("the dead letters", async || {
+        let rows = pool
+            .run(async |c| tributary_store::dead_letters::list(c, &filter, None, 10).await)
+            .await
+            .unwrap();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    let mut ids: Vec<String> = letters.iter().filter_map(|d| d.event_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    assert!(letters[0].reason.contains("500"), "{}", letters[0].reason);
+    // Delivery moved on: the next event arrives.
+    publish(&kafka, &[("c", "t", "u1")]).await;
+    eventually("c", async || bodies(&got).contains(&vec!["c".to_owned()]).then_some(())).await;
+    assert_eq!(
+        bodies(&got)[..2],
+        [vec!["a".to_owned(), "b".to_owned()], vec!["a".to_owned(), "b".to_owned()]],
+        "two attempts, then given up"
+    );
+
+    // A redrive: delivered again to this subscription, marked after the 2xx.
+    pool.run(async |c| {
+        tributary_store::dead_letters::claim_for_redrive(
+            c,
+            &tributary_store::dead_letters::Selection::Filter(filter.clone()),
+            10,
+        )
+        .await
+    })
+    .await
+    .unwrap();
+    eventually("the redrive", async || {
+        bodies(&got).contains(&vec!["a".to_owned(), "b".to_owned()])
+            .then_some(())
+            .filter(|()| bodies(&got).len() == 4)
+    })
+    .await;
+    let done = eventually("redriven_at", async || {
+        let rows = pool
+            .run(async |c| tributary_store::dead_letters::list(c, &filter, None, 10).await)
+            .await
+            .unwrap();
+        rows.iter().all(|d| d.redriven_at.is_some()).then_some(rows)
+    })
+    .await;
+    assert_eq!(done.len(), 2);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_sends_unacknowledged_events_again_and_never_acknowledged_ones() {
+    use tributary_proto::v1::subscriber_service_client::SubscriberServiceClient;
+    use tributary_proto::v1::{PullConfig, PullRequest};
+
+    let db = TestDb::new().await.unwrap();
+    let broker = TestBroker::start().await.unwrap();
+    let kafka = broker.kafka_args(&suffix());
+    broker.create_topics(&kafka, 2).await.unwrap();
+    let name = format!("pull-{}", suffix());
+    let spec = Subscription {
+        name: name.clone(),
+        filter: Some(EventFilter {
+            event_types: vec!["match".into()],
+            ..Default::default()
+        }),
+        delivery: Some(subscription::Delivery::Pull(PullConfig {
+            ack_deadline: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        })),
+        ..Default::default()
+    };
+    create(&db, &spec, &[]).await;
+    let push_spec = Subscription {
+        name: format!("push-{}", suffix()),
+        delivery: Some(subscription::Delivery::Push(PushConfig {
+            url: "http://127.0.0.1:9/".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    create(&db, &push_spec, &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()]).await;
+    let (token, addr) = start_at(&db, &kafka).await;
+    let mut client = SubscriberServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let open = async |client: &mut SubscriberServiceClient<tonic::transport::Channel>,
+                      subscription: &str| {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(PullRequest {
+            subscription: subscription.into(),
+            max_outstanding_events: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let stream = client
+            .pull(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(tonic::Response::into_inner);
+        (tx, stream)
+    };
+    let refused = |r: Result<_, tonic::Status>| r.err().map(|s| s.code());
+    assert_eq!(
+        refused(open(&mut client, "nope").await.1),
+        Some(tonic::Code::NotFound)
+    );
+    assert_eq!(
+        refused(open(&mut client, &push_spec.name).await.1),
+        Some(tonic::Code::FailedPrecondition)
+    );
+
+    publish(
+        &kafka,
+        &[
+            ("p0", "match", "u1"),
+            ("x", "other", "u1"),
+            ("p1", "match", "u2"),
+            ("p2", "match", "u3"),
+            ("p3", "match", "u4"),
+        ],
+    )
+    .await;
+    let (tx, stream) = open(&mut client, &name).await;
+    let mut stream = stream.unwrap();
+    let mut seen: Vec<(String, String, i32)> = Vec::new();
+    while seen.len() < 4 {
+        let batch = tokio::time::timeout(Duration::from_secs(15), stream.message())
+            .await
+            .expect("events within 15 s")
+            .unwrap()
+            .unwrap();
+        for e in batch.events {
+            let id = e.event.unwrap().event.unwrap().event_id;
+            seen.push((id, e.ack_id, e.delivery_attempt));
+        }
+    }
+    seen.sort();
+    let ids: Vec<&str> = seen.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["p0", "p1", "p2", "p3"], "only the matching ones");
+    assert!(seen.iter().all(|(_, _, attempt)| *attempt == 1));
+    // Acknowledge two; the two others come back after the 1 s deadline.
+    tx.send(PullRequest {
+        ack_ids: vec![seen[0].1.clone(), seen[1].1.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut again: Vec<(String, i32)> = Vec::new();
+    while again.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the unacknowledged ones again")
+            .unwrap()
+            .unwrap();
+        for e in batch.events {
+            again.push((e.event.unwrap().event.unwrap().event_id, e.delivery_attempt));
+        }
+    }
+    again.sort();
+    assert_eq!(again, [("p2".to_owned(), 2), ("p3".to_owned(), 2)]);
+    tx.send(PullRequest {
+        ack_ids: vec![seen[2].1.clone(), seen[3].1.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), stream.message())
+            .await
+            .is_err(),
+        "nothing more once everything is acknowledged"
+    );
+    // Closing the stream commits; a new one gets nothing already acknowledged.
+    drop(tx);
+    drop(stream);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_tx, stream) = open(&mut client, &name).await;
+    let mut stream = stream.unwrap();
+    publish(&kafka, &[("p4", "match", "u1")]).await;
+    let batch = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the new event")
+        .unwrap()
+        .unwrap();
+    let ids: Vec<String> = batch
+        .events
+        .into_iter()
+        .map(|e| e.event.unwrap().event.unwrap().event_id)
+        .collect();
+    assert_eq!(ids, ["p4"], "acknowledged events never come back");
     token.cancel();
 }
