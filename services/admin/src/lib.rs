@@ -184,7 +184,9 @@ async fn export_lag(
                 discovered = now;
             }
             // Keep exporting the ones known: PostgreSQL may be back soon.
-            Err(e) => tracing::debug!(error = %tributary_store::error_chain(&e), "cannot list subscriptions for the lag gauges"),
+            Err(e) => {
+                tracing::debug!(error = %tributary_store::error_chain(&e), "cannot list subscriptions for the lag gauges")
+            }
         }
         all.extend(discovered.iter().cloned());
         let (m, t) = (monitor.clone(), topic.clone());

@@ -24,7 +24,6 @@ use tributary_store::subscriptions::{self as store, SubscriptionRow};
 
 use crate::context::{AdminContext, blocking, db_status};
 
-
 const MAX_HEADERS: usize = 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);

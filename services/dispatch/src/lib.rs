@@ -137,7 +137,7 @@ struct Running {
 /// worker for each push subscription that is neither paused nor disabled,
 /// restarts it when its generation changes, stops it when it goes.
 async fn supervise(
-    shared: Arc<push::Shared>,
+    shared: Arc<context::Shared>,
     every: std::time::Duration,
     token: CancellationToken,
 ) {

@@ -65,7 +65,10 @@ impl SubscriberService for PullApi {
             violation("subscription", "the stream ended before its first request")
         })?;
         if first.subscription.is_empty() {
-            return Err(violation("subscription", "is required in the first request"));
+            return Err(violation(
+                "subscription",
+                "is required in the first request",
+            ));
         }
         let max_outstanding = match first.max_outstanding_events {
             0 => DEFAULT_OUTSTANDING,
@@ -96,8 +99,11 @@ impl SubscriberService for PullApi {
             .ack_deadline
             .and_then(|d| Duration::try_from(d).ok())
             .unwrap_or(Duration::from_secs(30));
-        let filter = tributary_platform::filter::store_filter(&spec.filter.clone().unwrap_or_default())
-            .map_err(|_| Status::failed_precondition("the subscription's filter is not valid"))?;
+        let filter =
+            tributary_platform::filter::store_filter(&spec.filter.clone().unwrap_or_default())
+                .map_err(|_| {
+                    Status::failed_precondition("the subscription's filter is not valid")
+                })?;
         let max_events = spec
             .batch
             .as_ref()
@@ -256,11 +262,14 @@ impl Session {
     /// passed over (counted as filtered).
     fn read(&mut self, m: &rdkafka::message::OwnedMessage) {
         let (partition, offset) = (m.partition(), m.offset());
-        let p = self.partitions.entry(partition).or_insert_with(|| Partition {
-            next: offset,
-            stored: offset,
-            ..Partition::default()
-        });
+        let p = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| Partition {
+                next: offset,
+                stored: offset,
+                ..Partition::default()
+            });
         if offset < p.next {
             // Read again after the partition came back: skip what was
             // acknowledged or filtered, and what is pending already.
@@ -268,7 +277,9 @@ impl Session {
         }
         p.next = offset + 1;
         let event = match record::decode(m, &self.shared.schemas) {
-            Decoded::Event(e) => matching(&self.filter, &e.row).map(|payload| stored_event(&e.row, payload)),
+            Decoded::Event(e) => {
+                matching(&self.filter, &e.row).map(|payload| stored_event(&e.row, payload))
+            }
             Decoded::Poison(_) => None,
         };
         match event {
@@ -364,7 +375,9 @@ impl Session {
             {
                 p.sent_at = None;
                 self.resend.push_back((partition, offset));
-                m.deliveries.with_label_values(&[&self.name, "nacked"]).inc();
+                m.deliveries
+                    .with_label_values(&[&self.name, "nacked"])
+                    .inc();
             }
         }
     }
@@ -374,7 +387,9 @@ impl Session {
         let mut expired = 0u64;
         for (partition, p) in &mut self.partitions {
             for (offset, e) in &mut p.pending {
-                if e.sent_at.is_some_and(|at| at.elapsed() >= self.ack_deadline) {
+                if e.sent_at
+                    .is_some_and(|at| at.elapsed() >= self.ack_deadline)
+                {
                     e.sent_at = None;
                     self.resend.push_back((*partition, *offset));
                     expired += 1;
@@ -404,9 +419,19 @@ impl Session {
     /// stream (the client pulls again and gets the new settings).
     async fn follow_subscription(&mut self) -> Result<(), Status> {
         let name = self.name.clone();
-        let row = match self.shared.pool.run(async |c| store::get(c, &name).await).await {
+        let row = match self
+            .shared
+            .pool
+            .run(async |c| store::get(c, &name).await)
+            .await
+        {
             Ok(Some(row)) => row,
-            Ok(None) => return Err(Status::not_found(format!("subscription {:?} was deleted", self.name))),
+            Ok(None) => {
+                return Err(Status::not_found(format!(
+                    "subscription {:?} was deleted",
+                    self.name
+                )));
+            }
             // PostgreSQL down: keep going as it was.
             Err(_) => return Ok(()),
         };
@@ -414,7 +439,9 @@ impl Session {
             return Ok(());
         }
         if row.spec != self.spec {
-            return Err(Status::unavailable("the subscription was changed; pull again"));
+            return Err(Status::unavailable(
+                "the subscription was changed; pull again",
+            ));
         }
         self.generation = row.generation;
         self.paused = row.paused;
@@ -427,17 +454,16 @@ impl Session {
         let mut tpl = rdkafka::TopicPartitionList::new();
         for (partition, p) in &mut self.partitions {
             let position = p.pending.keys().next().copied().unwrap_or(p.next);
-            if position > p.stored {
-                if tpl
+            if position > p.stored
+                && tpl
                     .add_partition_offset(
                         &self.shared.kafka.topic,
                         *partition,
                         rdkafka::Offset::Offset(position),
                     )
                     .is_ok()
-                {
-                    p.stored = position;
-                }
+            {
+                p.stored = position;
             }
         }
         if tpl.count() > 0

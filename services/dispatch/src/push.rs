@@ -312,15 +312,16 @@ impl Worker {
                 rdkafka::Timestamp::NotAvailable,
                 d.partition,
                 d.offset,
-                Some(d.headers.iter().fold(
-                    rdkafka::message::OwnedHeaders::new(),
-                    |h, (k, v)| {
-                        h.insert(rdkafka::message::Header {
-                            key: k,
-                            value: Some(v),
-                        })
-                    },
-                )),
+                Some(
+                    d.headers
+                        .iter()
+                        .fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
+                            h.insert(rdkafka::message::Header {
+                                key: k,
+                                value: Some(v),
+                            })
+                        }),
+                ),
             );
             match record::decode(&message, &self.shared.schemas) {
                 Decoded::Event(e) => match serde_json::from_str(&e.row.payload_json) {
@@ -334,8 +335,12 @@ impl Worker {
             }
         }
         if !undecodable.is_empty() {
-            self.finish_redrive(&undecodable, false, "not a valid event any more; not delivered")
-                .await;
+            self.finish_redrive(
+                &undecodable,
+                false,
+                "not a valid event any more; not delivered",
+            )
+            .await;
         }
         if events.is_empty() {
             return None;
@@ -482,9 +487,7 @@ impl Worker {
                     self.delivered();
                     if self.settings.rate > 0.0 {
                         self.next_allowed = Instant::now()
-                            + Duration::from_secs_f64(
-                                batch.events.len() as f64 / self.settings.rate,
-                            );
+                            + Duration::from_secs_f64(events.len() as f64 / self.settings.rate);
                     }
                     return Delivery::Done;
                 }

@@ -9,7 +9,6 @@ use deadpool_postgres::GenericClient;
 
 use crate::StoreError;
 
-
 /// A subscription's consumer group: `tributary.sub.<name>` (admin commits
 /// its offsets, dispatch reads in it, the lag exporter watches it).
 pub fn consumer_group(name: &str) -> String {

@@ -315,7 +315,11 @@ mod admin_rpcs {
             .unwrap()
             .into_inner();
         assert_eq!(queued.redriven_ids, [theirs[0].id]);
-        assert_eq!(end_offsets(&kafka, 2), 3, "a subscription's letter is not re-published");
+        assert_eq!(
+            end_offsets(&kafka, 2),
+            3,
+            "a subscription's letter is not re-published"
+        );
         let after = client
             .list_dead_letters(list(DeadLetterFilter {
                 include_redriven: true,

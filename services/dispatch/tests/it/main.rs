@@ -348,7 +348,12 @@ async fn a_batch_out_of_attempts_becomes_dead_letters_that_a_redrive_delivers_ag
         }),
         ..Default::default()
     };
-    create(&db, &spec, &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()]).await;
+    create(
+        &db,
+        &spec,
+        &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()],
+    )
+    .await;
     let token = start(&db, &kafka).await;
     publish(&kafka, &[("a", "t", "u1"), ("b", "t", "u1")]).await;
     let pool = tributary_store::pool::build(&tributary_store::PoolConfig::new(&db.url)).unwrap();
@@ -371,10 +376,16 @@ async fn a_batch_out_of_attempts_becomes_dead_letters_that_a_redrive_delivers_ag
     assert!(letters[0].reason.contains("500"), "{}", letters[0].reason);
     // Delivery moved on: the next event arrives.
     publish(&kafka, &[("c", "t", "u1")]).await;
-    eventually("c", async || bodies(&got).contains(&vec!["c".to_owned()]).then_some(())).await;
+    eventually("c", async || {
+        bodies(&got).contains(&vec!["c".to_owned()]).then_some(())
+    })
+    .await;
     assert_eq!(
         bodies(&got)[..2],
-        [vec!["a".to_owned(), "b".to_owned()], vec!["a".to_owned(), "b".to_owned()]],
+        [
+            vec!["a".to_owned(), "b".to_owned()],
+            vec!["a".to_owned(), "b".to_owned()]
+        ],
         "two attempts, then given up"
     );
 
@@ -390,7 +401,8 @@ async fn a_batch_out_of_attempts_becomes_dead_letters_that_a_redrive_delivers_ag
     .await
     .unwrap();
     eventually("the redrive", async || {
-        bodies(&got).contains(&vec!["a".to_owned(), "b".to_owned()])
+        bodies(&got)
+            .contains(&vec!["a".to_owned(), "b".to_owned()])
             .then_some(())
             .filter(|()| bodies(&got).len() == 4)
     })
@@ -440,7 +452,12 @@ async fn pull_sends_unacknowledged_events_again_and_never_acknowledged_ones() {
         })),
         ..Default::default()
     };
-    create(&db, &push_spec, &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()]).await;
+    create(
+        &db,
+        &push_spec,
+        &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()],
+    )
+    .await;
     let (token, addr) = start_at(&db, &kafka).await;
     let mut client = SubscriberServiceClient::connect(format!("http://{addr}"))
         .await
