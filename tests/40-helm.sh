@@ -78,7 +78,7 @@ PORTS = {"ingest": (50051, 9601), "query": (50052, 9603), "admin": (50053, 9604)
 KAFKA = {"ingest", "processor", "admin", "dispatch", "migrate"}
 DATABASE = {"ingest", "processor", "query", "admin", "dispatch", "migrate"}
 # Who calls webhook receivers (NetworkPolicy egress on webhooks.networkPolicy.ports).
-WEBHOOK_SENDERS = {"dispatch"}
+WEBHOOK_SENDERS = {"processor", "dispatch"}
 WEBHOOK_PORTS = {80, 443}
 # The ranges dispatch must not reach on the webhook ports (unless webhooks.allowCidrs names them).
 INTERNAL_V4 = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8"}

@@ -116,7 +116,7 @@ accepted (admin: rules and subscriptions) and where they are called
 
 {{/* The services that connect to webhook receivers (NetworkPolicy egress). */}}
 {{- define "tributary.sendsWebhooks" -}}
-{{- if has .component (list "dispatch") }}true{{ end }}
+{{- if has .component (list "processor" "dispatch") }}true{{ end }}
 {{- end }}
 
 {{/*
