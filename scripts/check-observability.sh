@@ -23,7 +23,7 @@
 #   otel          the collector config: every pipeline names defined components
 #   metrics       every metric name used by a rule or a dashboard is exported by one
 #                 of the running targets (TRIBUTARY_METRICS_URLS, space separated;
-#                 default the four local services), is a recording rule, or is a
+#                 default the five local services), is a recording rule, or is a
 #                 Prometheus built-in (up, ALERTS). Unreachable targets fail the check
 #                 unless TRIBUTARY_SKIP_METRICS_CHECK=1.
 #
@@ -42,7 +42,7 @@ GS_DIR="$TOOLS_DIR/grafana-schema"
 GRAFANA_SCHEMA_VERSION=13.2.3
 TYPESCRIPT_VERSION=5.9.3
 ALL_CHECKS=(rules alerts alertmanager config promql dashboards otel metrics)
-DEFAULT_METRICS_URLS="http://127.0.0.1:9601/metrics http://127.0.0.1:9602/metrics http://127.0.0.1:9603/metrics http://127.0.0.1:9604/metrics"
+DEFAULT_METRICS_URLS="http://127.0.0.1:9601/metrics http://127.0.0.1:9602/metrics http://127.0.0.1:9603/metrics http://127.0.0.1:9604/metrics http://127.0.0.1:9605/metrics"
 
 case "${1:-}" in
   -h | --help)
