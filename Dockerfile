@@ -1,5 +1,5 @@
 # One image with every Tributary binary (tributary-ingest, -processor, -query,
-# -admin, -ctl, -trace-sink), used by the Helm chart (charts/tributary) with a
+# -admin, -dispatch, -ctl, -trace-sink), used by the Helm chart (charts/tributary) with a
 # different command per service. Kept minimal and conventional: it has not
 # been built on the project's machines, which have no container engine.
 #
@@ -19,7 +19,7 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
- && for b in tributary-ingest tributary-processor tributary-query tributary-admin tributary-ctl tributary-trace-sink; do \
+ && for b in tributary-ingest tributary-processor tributary-query tributary-admin tributary-dispatch tributary-ctl tributary-trace-sink; do \
       cp "target/release/$b" /out/; \
     done
 
@@ -34,7 +34,8 @@ RUN apt-get update \
       --shell /usr/sbin/nologin tributary
 COPY --from=builder /out/ /usr/local/bin/
 USER 10001:10001
-# gRPC: ingest 50051, query 50052, admin 50053, processor 50054.
-# HTTP (/metrics /live /ready): ingest 9601, processor 9602, query 9603, admin 9604.
-EXPOSE 50051 50052 50053 50054 9601 9602 9603 9604
+# gRPC: ingest 50051, query 50052, admin 50053, processor 50054, dispatch 50055.
+# HTTP (/metrics /live /ready): ingest 9601, processor 9602, query 9603, admin 9604,
+# dispatch 9605.
+EXPOSE 50051 50052 50053 50054 50055 9601 9602 9603 9604 9605
 CMD ["tributary-ingest"]

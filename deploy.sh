@@ -132,7 +132,7 @@ Local endpoints (on TRIBUTARY_BIND_HOST):
   admin      gRPC :50053   HTTP :9604   (topics, groups, lag; exports the lag gauges)
   dispatch   gRPC :50055   HTTP :9605   (delivers push subscriptions; health and reflection)
   tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans to \$TRIBUTARY_STATE_DIR/traces/spans.jsonl
-  prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all four, evaluates observability/prometheus/rules)
+  prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all five services, evaluates observability/prometheus/rules)
   alertmanager http://127.0.0.1:$ALERTMANAGER_PORT (observability/alertmanager/alertmanager.yml)
   web        http://127.0.0.1:$TB_WEB_PORT the live page (clients/web; plain mode only): the
              browser tracker sends your clicks to ingest over gRPC-Web and the page

@@ -23,8 +23,10 @@
 #   otel          the collector config: every pipeline names defined components
 #   metrics       every metric name used by a rule or a dashboard is exported by one
 #                 of the running targets (TRIBUTARY_METRICS_URLS, space separated;
-#                 default the four local services), is a recording rule, or is a
-#                 Prometheus built-in (up, ALERTS). Unreachable targets fail the check
+#                 default the five local services), is a recording rule, is a
+#                 Prometheus built-in (up, ALERTS), or is a per-subscription family
+#                 that a service under services/ registers (no series before the
+#                 first subscription exists). Unreachable targets fail the check
 #                 unless TRIBUTARY_SKIP_METRICS_CHECK=1.
 #
 # Prints one "PASS name" or "FAIL name: why" line per check on stdout (details
@@ -42,7 +44,7 @@ GS_DIR="$TOOLS_DIR/grafana-schema"
 GRAFANA_SCHEMA_VERSION=13.2.3
 TYPESCRIPT_VERSION=5.9.3
 ALL_CHECKS=(rules alerts alertmanager config promql dashboards otel metrics)
-DEFAULT_METRICS_URLS="http://127.0.0.1:9601/metrics http://127.0.0.1:9602/metrics http://127.0.0.1:9603/metrics http://127.0.0.1:9604/metrics"
+DEFAULT_METRICS_URLS="http://127.0.0.1:9601/metrics http://127.0.0.1:9602/metrics http://127.0.0.1:9603/metrics http://127.0.0.1:9604/metrics http://127.0.0.1:9605/metrics"
 
 case "${1:-}" in
   -h | --help)

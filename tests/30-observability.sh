@@ -29,7 +29,7 @@ check "observability: OpenTelemetry collector config is consistent" \
   "$OBS_CHECK" otel
 
 section "observability against the running deployment"
-# The four services' /metrics (admin included: it exports the lag gauges the
+# The five services' /metrics (admin included: it exports the lag gauges the
 # lag alerts use). TRIBUTARY_METRICS_URLS overrides the list.
 check "observability: every metric used by a rule or a dashboard is exported by a running service" \
   "$OBS_CHECK" metrics
@@ -47,7 +47,7 @@ if curl -fsS -m 3 "$OBS_PROM_URL/-/ready" >/dev/null 2>&1; then
   obs_targets=$(curl -fsS -m 10 "$OBS_PROM_URL/api/v1/targets?state=active" 2>/dev/null)
   assert_json "observability: Prometheus scrapes every tributary job and each target is up" \
     '[.data.activeTargets[] | select(.labels.job | startswith("tributary-"))] as $t
-     | ([$t[].labels.job] | unique) == ["tributary-admin","tributary-ingest","tributary-processor","tributary-query"]
+     | ([$t[].labels.job] | unique) == ["tributary-admin","tributary-dispatch","tributary-ingest","tributary-processor","tributary-query"]
        and all($t[]; .health == "up")' \
     "$obs_targets"
 else

@@ -29,15 +29,15 @@ HELM_PY="$HELM_WORK/chart_facts.py"
 # Kafka, TLS on the services' gRPC and HTTP ports, API keys (auth) and the
 # bootstrap admin key, the operator objects and OTLP export.
 declare -A HELM_EXPECT=(
-  [dev]='{"replicas": {"ingest": 1, "processor": 1, "query": 1, "admin": 1}, "hpa": {}, "keda": null,
+  [dev]='{"replicas": {"ingest": 1, "processor": 1, "query": 1, "admin": 1, "dispatch": 1}, "hpa": {}, "keda": null,
           "partitions": 3, "pdb": false, "kafkaPort": 9092, "sasl": true, "kafkaTls": false,
           "grpcTls": false, "httpTls": false, "auth": true, "bootstrapKey": true,
           "prometheusRule": false, "serviceMonitor": false, "otlp": false}'
-  [staging]='{"replicas": {"processor": 2, "admin": 1}, "hpa": {"ingest": [2, 4], "query": [2, 4]}, "keda": null,
+  [staging]='{"replicas": {"processor": 2, "admin": 1, "dispatch": 2}, "hpa": {"ingest": [2, 4], "query": [2, 4]}, "keda": null,
           "partitions": 6, "pdb": true, "kafkaPort": 9092, "sasl": false, "kafkaTls": false,
           "grpcTls": true, "httpTls": true, "auth": true, "bootstrapKey": true,
           "prometheusRule": true, "serviceMonitor": true, "otlp": true}'
-  [prod]='{"replicas": {"admin": 1}, "hpa": {"ingest": [3, 12], "query": [3, 10]}, "keda": [3, 12],
+  [prod]='{"replicas": {"admin": 1, "dispatch": 2}, "hpa": {"ingest": [3, 12], "query": [3, 10]}, "keda": [3, 12],
           "partitions": 24, "pdb": true, "kafkaPort": 9096, "sasl": true, "kafkaTls": true,
           "grpcTls": true, "httpTls": true, "auth": true, "bootstrapKey": true,
           "prometheusRule": true, "serviceMonitor": true, "otlp": true}'
@@ -72,10 +72,17 @@ def schema_check(path):
     out(not bad, "values.schema.json: additionalProperties false on every object with properties", bad)
     out(schema.get("additionalProperties") is False, "values.schema.json: the root refuses unknown keys")
 
-SERVICES = ["ingest", "processor", "query", "admin"]
-PORTS = {"ingest": (50051, 9601), "query": (50052, 9603), "admin": (50053, 9604), "processor": (50054, 9602)}
-KAFKA = {"ingest", "processor", "admin", "migrate"}
-DATABASE = {"ingest", "processor", "query", "admin", "migrate"}
+SERVICES = ["ingest", "processor", "query", "admin", "dispatch"]
+PORTS = {"ingest": (50051, 9601), "query": (50052, 9603), "admin": (50053, 9604), "processor": (50054, 9602),
+         "dispatch": (50055, 9605)}
+KAFKA = {"ingest", "processor", "admin", "dispatch", "migrate"}
+DATABASE = {"ingest", "processor", "query", "admin", "dispatch", "migrate"}
+# Who calls webhook receivers (NetworkPolicy egress on webhooks.networkPolicy.ports).
+WEBHOOK_SENDERS = {"processor", "dispatch"}
+WEBHOOK_PORTS = {80, 443}
+# The ranges dispatch must not reach on the webhook ports (unless webhooks.allowCidrs names them).
+INTERNAL_V4 = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8"}
+INTERNAL_V6 = {"fc00::/7", "fe80::/10", "::1/128"}
 CRDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 
 def seconds(d):
@@ -155,7 +162,10 @@ def facts(env, rendered, expect, obs):
     P = env + ": "
 
     deps = {comp(d): d for d in by.get("Deployment", [])}
-    out(sorted(deps) == sorted(SERVICES), P + "one Deployment per service (ingest, processor, query, admin)", sorted(deps))
+    out(sorted(deps) == sorted(SERVICES), P + "one Deployment per service (%s)" % ", ".join(SERVICES), sorted(deps))
+    for svc, d in sorted(deps.items()):
+        cmd = [c.get("command") for c in d["spec"]["template"]["spec"]["containers"]]
+        out(cmd == [["tributary-" + svc]], P + "%s runs tributary-%s (a binary of the image, see the Dockerfile)" % (svc, svc), cmd)
     jobs = by.get("Job", [])
     job = jobs[0] if len(jobs) == 1 else None
     out(job is not None, P + "one migration Job", [j["metadata"]["name"] for j in jobs])
@@ -203,6 +213,9 @@ def facts(env, rendered, expect, obs):
         most = proc["spec"].get("replicas") if proc else None
     out(most is not None and partitions is not None and most <= partitions,
         P + "processor replicas (at most %s) <= partitions (%s)" % (most, partitions))
+    disp = (deps.get("dispatch") or {}).get("spec", {}).get("replicas")
+    out(disp is not None and partitions is not None and disp <= partitions,
+        P + "dispatch replicas (%s) <= partitions (%s): each subscription's group has that many partitions" % (disp, partitions))
 
     # ---- probes, security, grace
     cms = {d["metadata"]["name"]: d.get("data", {}) for d in by.get("ConfigMap", [])}
@@ -411,9 +424,12 @@ def facts(env, rendered, expect, obs):
         if who == "admin":
             for other in ("ingest", "processor", "query"):
                 want |= set(PORTS[other])
-        out(egress == want, P + "%s may connect only to ports %s (DNS%s%s%s%s)" % (
+        if who in WEBHOOK_SENDERS:
+            want |= WEBHOOK_PORTS
+        out(egress == want, P + "%s may connect only to ports %s (DNS%s%s%s%s%s)" % (
             who, sorted(want), ", Kafka" if who in KAFKA else "", ", PostgreSQL" if who in DATABASE else "",
-            ", OTLP" if x["otlp"] and who != "migrate" else "", ", the services' health" if who == "admin" else ""), sorted(egress))
+            ", OTLP" if x["otlp"] and who != "migrate" else "", ", the services' health" if who == "admin" else "",
+            ", webhook receivers" if who in WEBHOOK_SENDERS else ""), sorted(egress))
         open_rules = [r for r in spec.get("egress", []) if not r.get("ports")]
         out(not open_rules, P + "%s has no port-less (allow-everything) egress rule" % who)
         ingress = {p["port"] for r in spec.get("ingress", []) for p in r.get("ports", [])}
@@ -422,13 +438,33 @@ def facts(env, rendered, expect, obs):
                 P + "%s accepts connections only on its own ports, metrics included" % who, sorted(ingress))
         else:
             out(not spec.get("ingress"), P + "%s accepts no connections" % who)
+    for who in sorted(WEBHOOK_SENDERS & set(nps)):
+        rules = [r for r in nps[who]["spec"].get("egress", []) if {p["port"] for p in r.get("ports", [])} == WEBHOOK_PORTS]
+        blocks = [p.get("ipBlock") or {} for r in rules for p in r.get("to", [])]
+        v4 = [b for b in blocks if b.get("cidr") == "0.0.0.0/0"]
+        v6 = [b for b in blocks if b.get("cidr") == "::/0"]
+        ok = (len(rules) == 1 and len(blocks) == 2 and len(v4) == 1 and set(v4[0].get("except", [])) >= INTERNAL_V4
+              and len(v6) == 1 and set(v6[0].get("except", [])) >= INTERNAL_V6)
+        out(ok, P + "%s reaches webhook receivers on ports 80 and 443 of public addresses only (0.0.0.0/0 and ::/0 without the private, shared, loopback and link-local ranges)" % who, rules)
+    anywhere = sorted(who for who, n in nps.items() if who not in WEBHOOK_SENDERS
+                      and any((p.get("ipBlock") or {}).get("cidr") in ("0.0.0.0/0", "::/0") for r in n["spec"].get("egress", []) for p in r.get("to", [])))
+    out(not anywhere, P + "no pod but %s may connect to any public address" % " and ".join(sorted(WEBHOOK_SENDERS)), anywhere)
+
+    # ---- dispatch's own settings
+    d = deps.get("dispatch")
+    if d:
+        conf = settings(d["spec"]["template"]["spec"]["containers"][0], cms)
+        got = {k: conf.get(k) for k in ("TRIBUTARY_POLL_INTERVAL", "TRIBUTARY_FAILING_AFTER", "TRIBUTARY_TOPIC")}
+        want = {"TRIBUTARY_POLL_INTERVAL": "1s", "TRIBUTARY_FAILING_AFTER": "10m", "TRIBUTARY_TOPIC": "tributary.events"}
+        out(got == want, P + "dispatch: TRIBUTARY_POLL_INTERVAL=1s, TRIBUTARY_FAILING_AFTER=10m, it reads tributary.events", got)
 
     # ---- kubernetes-validate saw everything
     print("count\t%d\t%d" % (len(docs), sum(1 for d in docs if d["kind"] in CRDS)))
 
 def options(rendered):
     """The "every option" render: mutual TLS, the CA Secret, rate limits, the
-    webhook CIDRs and the call-duration cap reach the right services."""
+    webhook CIDRs and egress peers, dispatch's settings and the call-duration
+    cap reach the right services."""
     docs, by = load(rendered)
     cms = {d["metadata"]["name"]: d.get("data", {}) for d in by.get("ConfigMap", [])}
     P = "all options: "
@@ -444,7 +480,7 @@ def options(rendered):
                 P + "admin: TRIBUTARY_TLS_CA from tls.caSecret, its client certificate (TRIBUTARY_TLS_CLIENT_CERT/_KEY) from tls.secretName", got)
         out(conf.get("TRIBUTARY_RATE_LIMITS") == "ingest:write=2000/s,query:read=200/s",
             P + "%s: TRIBUTARY_RATE_LIMITS=ingest:write=2000/s,query:read=200/s" % svc, conf.get("TRIBUTARY_RATE_LIMITS"))
-        want = "10.20.0.0/16,192.168.7.0/24" if svc in ("processor", "admin") else None
+        want = "10.20.0.0/16,192.168.7.0/24" if svc in ("processor", "admin", "dispatch") else None
         out(conf.get("TRIBUTARY_WEBHOOK_ALLOW_CIDR") == want, P + "%s: TRIBUTARY_WEBHOOK_ALLOW_CIDR %s" % (svc, want or "unset"),
             conf.get("TRIBUTARY_WEBHOOK_ALLOW_CIDR"))
         out(conf.get("TRIBUTARY_AUTH_OPEN_METHODS") == "grpc.health.v1.Health,tributary.v1.QueryService/GetEvent",
@@ -453,6 +489,18 @@ def options(rendered):
         want = {"query": "30s", "admin": "1m"}.get(svc)
         out(conf.get("TRIBUTARY_MAX_CALL_DURATION") == want, P + "%s: TRIBUTARY_MAX_CALL_DURATION %s" % (svc, want or "unset"),
             conf.get("TRIBUTARY_MAX_CALL_DURATION"))
+        if svc == "dispatch":
+            got = {k: conf.get(k) for k in ("TRIBUTARY_POLL_INTERVAL", "TRIBUTARY_FAILING_AFTER")}
+            out(got == {"TRIBUTARY_POLL_INTERVAL": "500ms", "TRIBUTARY_FAILING_AFTER": "2m"},
+                P + "dispatch: config.pollInterval and config.failingAfter become TRIBUTARY_POLL_INTERVAL and TRIBUTARY_FAILING_AFTER", got)
+            out(d["spec"].get("replicas") == 3, P + "dispatch runs dispatch.replicas (3)", d["spec"].get("replicas"))
+    # webhooks.networkPolicy with peers: only those peers and webhooks.allowCidrs, on its ports.
+    np_ = next((n for n in by.get("NetworkPolicy", []) if comp(n) == "dispatch"), {})
+    rules = [r for r in np_.get("spec", {}).get("egress", []) if 8080 in {p["port"] for p in r.get("ports", [])}]
+    want = [{"ports": [{"port": p, "protocol": "TCP"} for p in (80, 443, 8080)],
+             "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "egress-gateway"}}},
+                    {"ipBlock": {"cidr": "10.20.0.0/16"}}, {"ipBlock": {"cidr": "192.168.7.0/24"}}]}]
+    out(rules == want, P + "dispatch reaches webhook receivers through webhooks.networkPolicy's peers and webhooks.allowCidrs only, on its ports", rules)
     for m in by.get("ServiceMonitor", []):
         ca = m["spec"]["endpoints"][0].get("tlsConfig", {}).get("ca", {}).get("secret", {})
         out(ca == {"name": "tributary-internal-ca", "key": "ca.pem"}, P + "the %s ServiceMonitor verifies with tls.caSecret" % comp(m), ca)
@@ -658,6 +706,10 @@ auth:
   rateLimits: {"query:read": 200, "ingest:write": 2000}
 webhooks:
   allowCidrs: [10.20.0.0/16, 192.168.7.0/24]
+  networkPolicy:
+    ports: [80, 443, 8080]
+    peers:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: egress-gateway}}
 migrate:
   image: {repository: ghcr.io/tributary/tributary, tag: "0.1.1", digest: "", pullPolicy: Always}
   database: {existingSecret: tributary-postgres-owner, key: dsn}
@@ -689,6 +741,9 @@ query:
   config: {maxCallDuration: 30s}
 admin:
   config: {maxCallDuration: 1m}
+dispatch:
+  replicas: 3
+  config: {pollInterval: 500ms, failingAfter: 2m}
   networkPolicy:
     clients:
       allowAll: false
@@ -739,6 +794,8 @@ YAML
   # are asserted on helm template, i.e. what install and upgrade run.
   helm_refuses "processor replicas > partitions" 0 "processor.replicas (7) must not exceed kafka.partitions (6)" \
     $'processor:\n  replicas: 7'
+  helm_refuses "dispatch replicas > partitions" 0 "dispatch.replicas (7) must not exceed kafka.partitions (6)" \
+    $'dispatch:\n  replicas: 7'
   helm_refuses "KEDA maxReplicas > partitions" 0 "processor.keda.maxReplicas (12) must not exceed kafka.partitions (6)" \
     $'processor:\n  keda:\n    enabled: true\n    maxReplicas: 12'
   helm_refuses "terminationGracePeriodSeconds not above the drain" 0 \
@@ -765,6 +822,8 @@ YAML
     $'auth:\n  rateLimits:\n    "ingest:read": 10'
   helm_refuses "a webhook CIDR that is not one" 1 "webhooks.allowCidrs.0: Does not match pattern" \
     $'webhooks:\n  allowCidrs: [internal]'
+  helm_refuses "a duration that is not one (dispatch.config.failingAfter)" 1 "dispatch.config.failingAfter: Does not match pattern" \
+    $'dispatch:\n  config:\n    failingAfter: ten minutes'
 
   # ============================================================== checkov
   # charts/tributary/checkov.yaml holds the skips and their reasons. Run 1

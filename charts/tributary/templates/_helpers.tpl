@@ -4,7 +4,15 @@ service take a dict: (dict "root" $ "component" "ingest").
 */}}
 
 {{- define "tributary.services" -}}
-ingest processor query admin
+ingest processor query admin dispatch
+{{- end }}
+
+{{/*
+The services whose gRPC health the admin service calls (pipeline status):
+its TRIBUTARY_<SERVICE>_ADDR settings, its egress and their ingress.
+*/}}
+{{- define "tributary.healthChecked" -}}
+ingest processor query
 {{- end }}
 
 {{- define "tributary.name" -}}
@@ -84,16 +92,46 @@ override names neither a repository nor a tag.
 
 {{/* Which services talk to what. */}}
 {{- define "tributary.usesKafka" -}}
-{{- if has .component (list "ingest" "processor" "admin" "migrate") }}true{{ end }}
+{{- if has .component (list "ingest" "processor" "admin" "dispatch" "migrate") }}true{{ end }}
 {{- end }}
 
 {{/*
 admin reads PostgreSQL for its dead-letter, registry and replay RPCs
 (proto/tributary/v1/admin.proto); ingest reads the event-type registry (its
-schemas are cached, so a PostgreSQL blip does not stop ingest).
+schemas are cached, so a PostgreSQL blip does not stop ingest); dispatch
+reads the subscriptions table.
 */}}
 {{- define "tributary.usesDatabase" -}}
-{{- if has .component (list "ingest" "processor" "query" "admin" "migrate") }}true{{ end }}
+{{- if has .component (list "ingest" "processor" "query" "admin" "dispatch" "migrate") }}true{{ end }}
+{{- end }}
+
+{{/*
+Webhook URLs are checked against TRIBUTARY_WEBHOOK_ALLOW_CIDR where they are
+accepted (admin: rules and subscriptions) and where they are called
+(processor: rule alerts; dispatch: push subscriptions).
+*/}}
+{{- define "tributary.checksWebhooks" -}}
+{{- if has .component (list "processor" "admin" "dispatch") }}true{{ end }}
+{{- end }}
+
+{{/* The services that connect to webhook receivers (NetworkPolicy egress). */}}
+{{- define "tributary.sendsWebhooks" -}}
+{{- if has .component (list "processor" "dispatch") }}true{{ end }}
+{{- end }}
+
+{{/*
+The address ranges no webhook may reach unless webhooks.allowCidrs names
+them, as far as a NetworkPolicy can say it: the private, shared (CGNAT),
+loopback, link-local and "this network" ranges of IPv4, and the loopback,
+unique-local and link-local ranges of IPv6 (services/platform/src/egress.rs
+refuses these and more, e.g. documentation and multicast ranges, at connect
+time; this is the second fence, around the pod).
+*/}}
+{{- define "tributary.internalCidrs4" -}}
+0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.168.0.0/16
+{{- end }}
+{{- define "tributary.internalCidrs6" -}}
+::1/128 fc00::/7 fe80::/10
 {{- end }}
 
 {{/* True when something other than "replicas" sets the replica count. */}}
@@ -418,7 +456,7 @@ TRIBUTARY_DLQ_TOPIC: {{ $root.Values.kafka.dlqTopic | quote }}
 TRIBUTARY_KAFKA_OPTIONS: {{ . | quote }}
 {{- end }}
 {{- end }}
-{{- if and (has .component (list "processor" "admin")) $root.Values.webhooks.allowCidrs }}
+{{- if and (include "tributary.checksWebhooks" .) $root.Values.webhooks.allowCidrs }}
 TRIBUTARY_WEBHOOK_ALLOW_CIDR: {{ join "," $root.Values.webhooks.allowCidrs | quote }}
 {{- end }}
 {{- if and (has .component (list "query" "admin")) $c.maxCallDuration }}
@@ -442,10 +480,13 @@ TRIBUTARY_STORE_CONCURRENCY: {{ $c.storeConcurrency | int | quote }}
 TRIBUTARY_MAX_BACKOFF: {{ $c.maxBackoff | quote }}
 {{- else if eq .component "query" }}
 TRIBUTARY_DB_POOL_SIZE: {{ $c.dbPoolSize | int | quote }}
+{{- else if eq .component "dispatch" }}
+TRIBUTARY_POLL_INTERVAL: {{ $c.pollInterval | quote }}
+TRIBUTARY_FAILING_AFTER: {{ $c.failingAfter | quote }}
 {{- else if eq .component "admin" }}
 TRIBUTARY_LAG_GROUPS: {{ $c.lagGroups | default $root.Values.processor.config.consumerGroup | quote }}
 TRIBUTARY_LAG_POLL_INTERVAL: {{ $c.lagPollInterval | quote }}
-{{- range $other := list "ingest" "processor" "query" }}
+{{- range $other := splitList " " (include "tributary.healthChecked" $root) }}
 {{- $octx := dict "root" $root "component" $other }}
 TRIBUTARY_{{ upper $other }}_ADDR: {{ printf "%s:%d" (include "tributary.componentName" $octx) (int (index $root.Values $other).ports.grpc) | quote }}
 {{- end }}
@@ -468,8 +509,12 @@ them with these messages.
 {{- fail (printf "processor.keda.minReplicas (%d) must not exceed processor.keda.maxReplicas (%d)" (int $p.keda.minReplicas) (int $p.keda.maxReplicas)) }}
 {{- end }}
 {{- end }}
-{{- if gt (int $p.replicas) (int $v.kafka.partitions) }}
-{{- fail (printf "processor.replicas (%d) must not exceed kafka.partitions (%d): each partition is consumed by one replica, the others would idle" (int $p.replicas) (int $v.kafka.partitions)) }}
+{{- /* Both consume the topic in consumer groups (dispatch: one per subscription). */}}
+{{- range $svc := list "processor" "dispatch" }}
+{{- $replicas := int (index $v $svc).replicas }}
+{{- if gt $replicas (int $v.kafka.partitions) }}
+{{- fail (printf "%s.replicas (%d) must not exceed kafka.partitions (%d): each partition is consumed by one replica, the others would idle" $svc $replicas (int $v.kafka.partitions)) }}
+{{- end }}
 {{- end }}
 {{- range $svc := splitList " " (include "tributary.services" $) }}
 {{- $s := index $v $svc }}
@@ -527,7 +572,8 @@ them with these messages.
 
 {{/*
 NetworkPolicy egress rules shared by the services and the migrate hook:
-DNS, then Kafka / PostgreSQL / OTLP as the component uses them.
+DNS, then Kafka / PostgreSQL / OTLP / webhook receivers as the component
+uses them.
 */}}
 {{- define "tributary.egressRule" -}}
 - ports:
@@ -560,4 +606,28 @@ DNS, then Kafka / PostgreSQL / OTLP as the component uses them.
 # OTLP
 {{ include "tributary.egressRule" (dict "rule" $v.otlp.networkPolicy "protocols" (list "TCP")) }}
 {{- end }}
+{{- if include "tributary.sendsWebhooks" . }}
+# webhook receivers
+{{ include "tributary.egressRule" (dict "rule" (include "tributary.webhookEgress" .root | fromYaml) "protocols" (list "TCP")) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where webhooks may go (an egress rule for tributary.egressRule, as YAML):
+webhooks.networkPolicy.ports on its peers, or, when it names none, on every
+public address (0.0.0.0/0 and ::/0 without tributary.internalCidrs4/6);
+plus webhooks.allowCidrs on the same ports.
+*/}}
+{{- define "tributary.webhookEgress" -}}
+{{- $w := .Values.webhooks }}
+{{- $peers := $w.networkPolicy.peers }}
+{{- if not $peers }}
+{{- $peers = list
+  (dict "ipBlock" (dict "cidr" "0.0.0.0/0" "except" (splitList " " (include "tributary.internalCidrs4" .))))
+  (dict "ipBlock" (dict "cidr" "::/0" "except" (splitList " " (include "tributary.internalCidrs6" .)))) }}
+{{- end }}
+{{- range $w.allowCidrs }}
+{{- $peers = append $peers (dict "ipBlock" (dict "cidr" .)) }}
+{{- end }}
+{{- toYaml (dict "ports" $w.networkPolicy.ports "peers" $peers) }}
 {{- end }}
