@@ -920,7 +920,7 @@ subs_dispatch_start() {
       [[ "$(curl -s -o /dev/null -w '%{http_code}' -m 3 "http://127.0.0.1:${SUBS_D_HTTP[$1]}/ready")" == 200 ]]
   }
   if poll 60 subs_dispatch_ready "$tag"; then
-    pass "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http, $*) answers SERVING and /ready (log $log)"
+    pass "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http${*:+, $*}) answers SERVING and /ready (log $log)"
   else
     fail "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http) answers SERVING and /ready" "$(tail -n 20 "$log")"
     return 1
