@@ -898,6 +898,7 @@ subs_dispatch_start() {
   local tag=$1 grpc http log="$SUBS_DIR/dispatch-$1.log"
   shift
   grpc=$(subs_free_port) && http=$(subs_free_port) || return 1
+  mkdir -p "$SUBS_DIR"
   (
     CFG_KAFKA="" CFG_POSTGRES="" CFG_PG_PORT=55432 CFG_WEBHOOK_ALLOW=""
     # shellcheck disable=SC1091
@@ -914,15 +915,17 @@ subs_dispatch_start() {
   SUBS_D_PID[$tag]=$!
   SUBS_D_GRPC[$tag]=$grpc
   SUBS_D_HTTP[$tag]=$http
+  # Ready, or gone (then poll ends at once; the check below tells which).
   subs_dispatch_ready() {
-    kill -0 "${SUBS_D_PID[$1]}" 2>/dev/null || return 2
-    [[ "$(grpc_health "127.0.0.1:${SUBS_D_GRPC[$1]}")" == SERVING ]] &&
-      [[ "$(curl -s -o /dev/null -w '%{http_code}' -m 3 "http://127.0.0.1:${SUBS_D_HTTP[$1]}/ready")" == 200 ]]
+    ! kill -0 "${SUBS_D_PID[$1]}" 2>/dev/null ||
+      { [[ "$(grpc_health "127.0.0.1:${SUBS_D_GRPC[$1]}")" == SERVING ]] &&
+        [[ "$(curl -s -o /dev/null -w '%{http_code}' -m 3 "http://127.0.0.1:${SUBS_D_HTTP[$1]}/ready")" == 200 ]]; }
   }
-  if poll 60 subs_dispatch_ready "$tag"; then
+  if poll 60 subs_dispatch_ready "$tag" && kill -0 "${SUBS_D_PID[$tag]}" 2>/dev/null; then
     pass "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http${*:+, $*}) answers SERVING and /ready (log $log)"
   else
-    fail "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http) answers SERVING and /ready" "$(tail -n 20 "$log")"
+    fail "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http) answers SERVING and /ready" \
+      "$(kill -0 "${SUBS_D_PID[$tag]}" 2>/dev/null && echo "running, not ready after 60 s" || echo "it exited")" "$(tail -n 20 "$log" 2>&1)"
     return 1
   fi
 }
