@@ -1,10 +1,10 @@
 # shellcheck shell=bash disable=SC2016
 # (SC2016: the single-quoted $names are jq variables.)
-# Subscriptions (issue 14), push delivery, first slice: a push subscription
-# managed through AdminService and delivered by dispatch to the example
-# receiver (examples/webhook-receiver, verifying with the reference
-# standardwebhooks package from PyPI), run here on a free loopback port with
-# its control endpoint and request log:
+# Subscriptions (issue 14), push delivery: push subscriptions managed through
+# AdminService and delivered by dispatch to the example receiver
+# (examples/webhook-receiver, verifying with the reference standardwebhooks
+# package from PyPI), run here on a free loopback port with its control
+# endpoint and request log:
 #
 #   a. Create returns a whsec_ secret once, the consumer group
 #      tributary.sub.<name> with its start offsets committed, state ACTIVE;
@@ -21,12 +21,43 @@
 #   e. 429 with Retry-After: 2: the next attempt comes at least 2 s later.
 #   f. Paused: nothing arrives for 5 s; resumed: it arrives.
 #   g. Deleted: NotFound, its consumer group gone, later events never arrive.
+#   h. Rotation (rotate_secret, secret_grace 60s): a batch signed before it
+#      verifies with the old secret only; one after it carries two v1
+#      signatures and verifies with the old and with the new secret, never
+#      with another; a second rotation with secret_grace 0s drops the old.
+#   i. max_wait 2s, max_events 100: four events published 0.2 s apart arrive
+#      in one request, no sooner than max_wait after the first was published
+#      and less than max_wait after the last (the wait runs from the first).
+#   j. Per-user order across retries: 4 users x 5 events, the receiver
+#      failing 4 times: no event of a user is attempted before the user's
+#      previous one was answered 2xx.
+#   k. rate_per_second 5: 30 events (batches of 5) take at least 5 s, at
+#      most 5 events/s after the first batch, by the receiver's clock.
+#   l. SeekSubscription to a timestamp between two publishes re-delivers the
+#      later events and none of the earlier ones; it ends ACTIVE.
+#   Then with deploy's dispatch stopped (./deploy.sh stop dispatch; the EXIT
+#   trap starts it again however the area ends), dispatch instances of this
+#   area's own (deploy.sh's settings, free ports, --failing-after 10s, logs
+#   in the area's directory):
+#   m. An endpoint failing every attempt turns the subscription FAILING
+#      after about 10 s (not before), 2xx again turns it ACTIVE by itself,
+#      410 Gone turns it DISABLED at once and nothing more is attempted;
+#      GetSubscription, last_error and tributary_subscription_state agree.
+#   n. kill -9 of dispatch while a batch is in flight to a slow receiver: a
+#      new instance delivers every event at least once, the batch in flight
+#      again.
+#   o. Two instances split the work: the group has two members, both count
+#      delivered events in their /metrics, together everything arrived.
+#   The area's wall time is printed and checked (at most 5 min, issue 14).
 #
 # Skipped (a SKIP line, no failure) while the deployment runs no dispatch
 # part: the Rust side of issue 14 may not have landed yet. Once dispatch runs,
-# every check runs. Sourced by test-system.sh (tests/lib.sh is loaded). Every
-# name, source and event id carries the run id. The receiver is stopped and the
-# subscriptions deleted on the way out, also when the run is cut short.
+# every check runs (m-o need the plain deployment, which test-system.sh
+# always runs). Dead letters and Pull are not tested yet. Sourced by
+# test-system.sh (tests/lib.sh is loaded). Every name, source and event id
+# carries the run id. The receiver and this area's dispatch instances are
+# stopped and the subscriptions deleted on the way out, also when the run is
+# cut short.
 #
 # Environment: ADMIN_ADDR (127.0.0.1:50053), DISPATCH_ADDR (127.0.0.1:50055),
 # DISPATCH_METRICS_URL (http://127.0.0.1:9605/metrics).
@@ -48,6 +79,7 @@ SUBS_RX_LOG="$SUBS_DIR/requests.jsonl"
 SUBS_CSV="$SUBS_DIR/rows.csv"
 
 section "subscriptions: push delivery by dispatch to a verifying webhook receiver"
+SUBS_STARTED=$SECONDS
 
 # ---------------------------------------------------------------- skip
 
@@ -80,17 +112,30 @@ SUBS_SECRET=""
 # Every name this area may have created: deleted on the way out, since a
 # subscription left behind would go on retrying against a closed port.
 SUBS_NAMES=("$SUBS_NAME" "$SUBS_NAME-nodelivery" "$SUBS_NAME-toobig")
+for n in rot wait order rate seek fail kill split; do SUBS_NAMES+=("$SUBS_NAME-$n"); done
+# This area's own dispatch instances (m-o), by tag: PID and ports.
+declare -A SUBS_D_PID=() SUBS_D_GRPC=() SUBS_D_HTTP=()
+# 1 while deploy's dispatch is stopped by this area.
+SUBS_DISPATCH_STOPPED=0
 subs_cleanup() {
-  local n
+  local n tag
   if [[ -n "$SUBS_PID" ]]; then
     kill "$SUBS_PID" 2>/dev/null
     wait "$SUBS_PID" 2>/dev/null
     SUBS_PID=""
   fi
+  for tag in "${!SUBS_D_PID[@]}"; do
+    subs_dispatch_stop "$tag" TERM
+  done
   for n in "${SUBS_NAMES[@]}"; do
     gc -max-time 10 -d "$(jq -nc --arg n "$n" '{name: $n}')" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/DeleteSubscription" >/dev/null 2>&1
   done
   SUBS_NAMES=()
+  if ((SUBS_DISPATCH_STOPPED)) && ! subs_dispatch_running; then
+    printf 'starting dispatch, which the subscriptions area stopped\n' >&2
+    ./deploy.sh start dispatch >&2
+  fi
+  SUBS_DISPATCH_STOPPED=0
 }
 subs_on_exit() {
   local rc=$?
@@ -187,7 +232,8 @@ subs_seen() {
 }
 
 # subs_wait_delivered NAME TIMEOUT ID...: passes when every ID arrived in a
-# request answered 2xx within TIMEOUT s.
+# request answered 2xx within TIMEOUT s (on failure it shows the subscription
+# SUBS_CUR, default SUBS_NAME).
 subs_wait_delivered() {
   local name=$1 timeout=$2 started=$SECONDS
   shift 2
@@ -195,7 +241,7 @@ subs_wait_delivered() {
     pass "$name (after $((SECONDS - started)) s)"
   else
     fail "$name" "missing after ${timeout}s: $(subs_missing "$@" | tr '\n' ' ')" \
-      "GetSubscription: $(gc -max-time 10 -d "$(subs_name_json "$SUBS_NAME")" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/GetSubscription" 2>&1 | jq -c . 2>/dev/null)" \
+      "GetSubscription: $(gc -max-time 10 -d "$(subs_name_json "${SUBS_CUR:-$SUBS_NAME}")" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/GetSubscription" 2>&1 | jq -c . 2>/dev/null)" \
       "receiver log (last 5, bodies left out):" "$(subs_log | jq -c '.[-5:][] | del(.body)')"
     return 1
   fi
@@ -532,5 +578,548 @@ assert_json "over the whole run: every event that arrived was one published to m
   --argjson want "$(subs_jarr "${SUBS_MATCH[@]}" "${SUBS_RETRY[@]}" "${SUBS_THROTTLED[@]}" "${SUBS_PAUSED[@]}")"
 assert_json "over the whole run: every request verified, none over 10 events ($(jq length <<<"$SUBS_LOG") requests)" \
   'all(.[]; .verified and .events <= 10)' "$SUBS_LOG"
+
+# ---------------------------------------------------------------- helpers (h-o)
+
+# Each check below has a subscription of its own, of this area's events of
+# its own type, deleted at its end; one at a time, so the receiver's
+# injected failures meet only the subscription under test.
+
+# subs_spec NAME TYPE [JQ]: a push subscription to the receiver of this
+# area's events of TYPE (batches of 10 within 1 s, retry 0.2..1 s), with the
+# jq expression JQ applied to it.
+subs_spec() {
+  jq -nc --arg n "$1" --arg t "$2" --arg s "$SUBS_SOURCE" --arg u "$SUBS_URL" '{name: $n,
+    filter: {eventTypes: [$t], source: $s}, push: {url: $u},
+    batch: {maxEvents: 10, maxWait: "1s"}, retry: {minBackoff: "0.2s", maxBackoff: "1s"}}' | jq -c "${3:-.}"
+}
+
+# The secrets the receiver verifies with: every one this area was given.
+SUBS_SECRETS=()
+subs_rx_secrets() {
+  local out
+  out=$(subs_control "$(SUBS_ALL=$(printf '%s\n' "$SUBS_SECRET" "${SUBS_SECRETS[@]}") \
+    jq -nc '{secrets: (env.SUBS_ALL | split("\n") | map(select(. != "")))}')") &&
+    [[ "$(jq -r .secrets <<<"$out")" -ge 1 ]]
+}
+
+# subs_new NAME TYPE [JQ]: CreateSubscription of subs_spec NAME TYPE JQ; its
+# secret goes to SUBS_NEW_SECRET and to the receiver. SUBS_CUR names it.
+subs_new() {
+  local spec
+  spec=$(subs_spec "$@")
+  SUBS_CUR=$1
+  SUBS_NEW_SECRET=""
+  if ! gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/CreateSubscription" "$(jq -nc --argjson s "$spec" '{subscription: $s}')"; then
+    fail "CreateSubscription $1 ($2)" "grpcurl exit $GC_RC" "$GC_ERR"
+    return 1
+  fi
+  SUBS_NEW_SECRET=$(jq -r '.secret // ""' <<<"$GC_OUT")
+  SUBS_SECRETS+=("$SUBS_NEW_SECRET")
+  if subs_rx_secrets; then
+    pass "CreateSubscription $1 ($(jq -c '{filter: .filter.eventTypes, batch, retry} + (if .ratePerSecond then {ratePerSecond} else {} end)' <<<"$spec")); the receiver has its secret"
+  else
+    fail "CreateSubscription $1: the receiver takes its secret (/control)"
+    return 1
+  fi
+}
+
+subs_delete() {
+  expect_ok "DeleteSubscription $1" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/DeleteSubscription" "$(subs_name_json "$1")"
+}
+
+# subs_log_of NAME: the receiver's log of deliveries of subscription NAME.
+subs_log_of() { subs_log | jq -c --arg n "$1" 'map(select(.subscription == $n))'; }
+
+# subs_get NAME: GetSubscription; SUBS_ST is its state (SUBSCRIPTION_STATE_...,
+# empty when the call failed), GC_OUT the subscription.
+subs_get() {
+  SUBS_ST=""
+  gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/GetSubscription" "$(subs_name_json "$1")" && SUBS_ST=$(jq -r .state <<<"$GC_OUT")
+}
+
+# subs_rx CONTROL_JSON DESCRIPTION: sets the receiver's failure injection.
+subs_rx() {
+  local out
+  if out=$(subs_control "$1"); then
+    pass "the receiver: $2 ($(jq -c 'del(.secrets)' <<<"$out"))"
+  else
+    fail "the receiver: $2 (/control $1)" "$out"
+  fi
+}
+
+subs_now() { date +%s.%N; }
+
+# subs_verify SECRET_ENV_NAMES...: verifies every logged request of the JSON
+# array on stdin (the receiver's entries) again with standardwebhooks, once
+# per secret named (environment variables holding the secrets; "OTHER" is a
+# fresh random one); prints {"requests": N, "<name>": count verified, ...,
+# "signatures": [how many v1 signatures each request carried]}.
+subs_verify() {
+  "$TB_TOOLS_PYTHON" -c '
+import base64, json, os, sys
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+entries = json.load(sys.stdin)
+out = {"requests": len(entries), "signatures": [len(e["webhook_signature"].split()) for e in entries]}
+for name in sys.argv[1:]:
+    secret = os.environ.get(name) or ("whsec_" + base64.b64encode(os.urandom(32)).decode())
+    wh, ok = Webhook(secret), 0
+    for e in entries:
+        h = {"webhook-id": e["webhook_id"], "webhook-timestamp": e["webhook_timestamp"], "webhook-signature": e["webhook_signature"]}
+        try:
+            wh.verify(e["body"], h)
+            ok += 1
+        except WebhookVerificationError:
+            pass
+    out[name] = ok
+print(json.dumps(out))' "$@" 2>&1
+}
+
+# ---------------------------------------------------------------- h. rotation
+
+section "subscriptions h: secret rotation (both sign during the grace)"
+
+SUBS_ROT="$SUBS_NAME-rot"
+if subs_new "$SUBS_ROT" sub.rot; then
+  SUBS_S1=$SUBS_NEW_SECRET
+  mapfile -t SUBS_ROT1 < <(subs_ids subk1 3)
+  subs_publish sub.rot uk "${SUBS_ROT1[@]}"
+  subs_wait_delivered "before the rotation: the 3 arrived" 30 "${SUBS_ROT1[@]}"
+
+  # The mask names only paused (false, as it is): the rest stays.
+  SUBS_S2=""
+  if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/UpdateSubscription" "$(jq -nc --arg n "$SUBS_ROT" \
+    '{subscription: {name: $n, paused: false}, updateMask: {paths: ["paused"]}, rotateSecret: true, secretGrace: "60s"}')"; then
+    SUBS_S2=$(jq -r '.secret // ""' <<<"$GC_OUT")
+    # (The secrets are compared through jq's environment and never printed.)
+    assert_json "UpdateSubscription rotateSecret, secretGrace 60s: a new whsec_ secret, the subscription ACTIVE and unchanged otherwise" '
+      .new_secret and .subscription.state == "SUBSCRIPTION_STATE_ACTIVE" and .subscription.filter.eventTypes == ["sub.rot"]
+      and .subscription.push.url == $u and (.subscription | tostring | contains("whsec_") | not)' \
+      "$(SUBS_OLD=$SUBS_S1 jq -c '{new_secret: ((.secret | test("^whsec_[A-Za-z0-9+/]{43}=$")) and .secret != env.SUBS_OLD), subscription}' <<<"$GC_OUT")" \
+      --arg u "$SUBS_URL"
+  else
+    fail "UpdateSubscription rotateSecret, secretGrace 60s" "grpcurl exit $GC_RC" "$GC_ERR"
+  fi
+  SUBS_SECRETS+=("$SUBS_S2")
+  subs_rx_secrets || fail "the receiver takes the new secret (/control)"
+  mapfile -t SUBS_ROT2 < <(subs_ids subk2 3)
+  subs_publish sub.rot uk "${SUBS_ROT2[@]}"
+  subs_wait_delivered "during the grace: the 3 published after the rotation arrived" 30 "${SUBS_ROT2[@]}"
+
+  # A second rotation without grace: the previous secret stops at once.
+  SUBS_S3=""
+  if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/UpdateSubscription" "$(jq -nc --arg n "$SUBS_ROT" \
+    '{subscription: {name: $n, paused: false}, updateMask: {paths: ["paused"]}, rotateSecret: true, secretGrace: "0s"}')"; then
+    SUBS_S3=$(jq -r '.secret // ""' <<<"$GC_OUT")
+    assert_json "a second rotation with secretGrace 0s: another new secret" '.new_secret' \
+      "$(SUBS_A=$SUBS_S1 SUBS_B=$SUBS_S2 jq -c '{new_secret: ((.secret | startswith("whsec_")) and .secret != env.SUBS_A and .secret != env.SUBS_B)}' <<<"$GC_OUT")"
+  else
+    fail "UpdateSubscription rotateSecret, secretGrace 0s" "grpcurl exit $GC_RC" "$GC_ERR"
+  fi
+  SUBS_SECRETS+=("$SUBS_S3")
+  subs_rx_secrets || fail "the receiver takes the newest secret (/control)"
+  mapfile -t SUBS_ROT3 < <(subs_ids subk3 2)
+  subs_publish sub.rot uk "${SUBS_ROT3[@]}"
+  subs_wait_delivered "after the grace-less rotation: the 2 arrived" 30 "${SUBS_ROT3[@]}"
+
+  # The 2xx requests of each phase, verified again with each secret.
+  SUBS_LOG=$(subs_log_of "$SUBS_ROT")
+  subs_phase() { jq -c --argjson ids "$(subs_jarr "$@")" '[.[] | select(.status == 200 and (.event_ids - $ids | length) == 0)]' <<<"$SUBS_LOG"; }
+  SUBS_V1=$(subs_phase "${SUBS_ROT1[@]}" | S1=$SUBS_S1 S2=$SUBS_S2 subs_verify S1 S2 OTHER)
+  SUBS_V2=$(subs_phase "${SUBS_ROT2[@]}" | S1=$SUBS_S1 S2=$SUBS_S2 subs_verify S1 S2 OTHER)
+  SUBS_V3=$(subs_phase "${SUBS_ROT3[@]}" | S2=$SUBS_S2 S3=$SUBS_S3 subs_verify S2 S3 OTHER)
+  assert_json "before: one v1 signature; verifies with the first secret, not with the one to come nor another ($SUBS_V1)" \
+    '.requests > 0 and all(.signatures[]; . == 1) and .S1 == .requests and .S2 == 0 and .OTHER == 0' "$SUBS_V1"
+  assert_json "during the grace: two v1 signatures; verifies with the old secret alone and with the new one alone, not with another ($SUBS_V2)" \
+    '.requests > 0 and all(.signatures[]; . == 2) and .S1 == .requests and .S2 == .requests and .OTHER == 0' "$SUBS_V2"
+  assert_json "after the grace-less rotation: one v1 signature; verifies with the newest secret, no longer with the previous one ($SUBS_V3)" \
+    '.requests > 0 and all(.signatures[]; . == 1) and .S3 == .requests and .S2 == 0 and .OTHER == 0' "$SUBS_V3"
+  subs_delete "$SUBS_ROT"
+fi
+
+# ---------------------------------------------------------------- i. max_wait
+
+section "subscriptions i: max_wait 2s with max_events 100"
+
+SUBS_WAIT="$SUBS_NAME-wait"
+if subs_new "$SUBS_WAIT" sub.wait '.batch = {maxEvents: 100, maxWait: "2s"}'; then
+  # One event first: once it arrived, dispatch is reading, so the four
+  # below meet a running consumer, not a backlog.
+  mapfile -t SUBS_WARM < <(subs_ids subw0 1)
+  subs_publish sub.wait uw "${SUBS_WARM[@]}"
+  subs_wait_delivered "a first event arrived (dispatch reads the subscription)" 30 "${SUBS_WARM[@]}"
+  mapfile -t SUBS_W < <(subs_ids subw 4)
+  SUBS_T0=$(subs_now)
+  for ((i = 0; i < 4; i++)); do
+    ((i == 0)) || sleep 0.2
+    subs_publish sub.wait "uw$i" "${SUBS_W[$i]}"
+  done
+  SUBS_T1=$(subs_now)
+  subs_wait_delivered "the 4 published one at a time arrived" 20 "${SUBS_W[@]}"
+  SUBS_REQS=$(subs_log_of "$SUBS_WAIT" | jq -c --argjson ids "$(subs_jarr "${SUBS_W[@]}")" \
+    '[.[] | select(.status == 200 and ([.event_ids[] | select(IN($ids[]))] | length) > 0)] | sort_by(.time)')
+  assert_json "they arrived together: one request carried all 4 ($(jq -c 'map(.event_ids | length)' <<<"$SUBS_REQS") events in the requests that carried any)" \
+    'length == 1 and (.[0].event_ids - $ids | length) == 0 and ($ids - .[0].event_ids | length) == 0' \
+    "$SUBS_REQS" --argjson ids "$(subs_jarr "${SUBS_W[@]}")"
+  SUBS_AT=$(jq -r '.[0].time // 0' <<<"$SUBS_REQS")
+  SUBS_DT=$(awk -v a="$SUBS_AT" -v b="$SUBS_T0" 'BEGIN { printf "%.2f", a - b }')
+  SUBS_DL=$(awk -v a="$SUBS_AT" -v b="$SUBS_T1" 'BEGIN { printf "%.2f", a - b }')
+  assert_json "the batch came no sooner than max_wait after the first was published, within 4 s ($SUBS_DT s; publishing took $(awk -v a="$SUBS_T1" -v b="$SUBS_T0" 'BEGIN { printf "%.2f", a - b }') s)" \
+    '. >= 1.95 and . <= 4' "$SUBS_DT"
+  assert_json "and less than max_wait after the last was published ($SUBS_DL s): the wait runs from the first event" \
+    '. < 2' "$SUBS_DL"
+  subs_delete "$SUBS_WAIT"
+fi
+
+# ---------------------------------------------------------------- j. order across retries
+
+section "subscriptions j: per-user order across retries"
+
+SUBS_ORDER="$SUBS_NAME-order"
+if subs_new "$SUBS_ORDER" sub.order '.batch = {maxEvents: 3, maxWait: "0.5s"}'; then
+  subs_rx '{"fail": 4, "status": 500}' "the next 4 deliveries answered 500"
+  # 4 users x 5 events, interleaved in one PublishBatch (seq = the user's
+  # order); a user's events share a partition key.
+  SUBS_BATCH=$(jq -nc --arg s "$SUBS_SOURCE" --arg r "$SUBS_RUN" '{events: [range(5) as $i | range(4) as $u
+    | {eventId: "subq-\($r)-u\($u)-\($i)", eventType: "sub.order", source: $s, userId: "uq\($u)", payload: {seq: $i}}]}')
+  mapfile -t SUBS_Q < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH")
+  subs_publish_json "$SUBS_BATCH" 20
+  subs_wait_delivered "all 20 arrived despite the failures" 45 "${SUBS_Q[@]}"
+  SUBS_LOG=$(subs_log_of "$SUBS_ORDER")
+  assert_json "4 requests were answered 500 ($(jq -c 'map(.status)' <<<"$SUBS_LOG"))" \
+    '[.[] | select(.status == 500)] | length == 4' "$SUBS_LOG"
+  # Every attempt in arrival order (events in body order): a request that
+  # carries a user's event k (k > 0) carries its event k-1 before it, or
+  # comes after a 2xx request that carried k-1. "early" lists seq@request
+  # of those that do not.
+  SUBS_ORDER_OUT=$(jq -c '
+    [sort_by(.time) | to_entries[] | .key as $r | .value as $q | $q.body | fromjson | .events | to_entries[]
+      | {r: $r, i: .key, ok: ($q.status == 200), u: .value.event.userId, seq: .value.event.payload.seq}]
+    | group_by(.u) | map(. as $a | {u: .[0].u,
+        delivered_order: ([$a[] | select(.ok) | .seq] | reduce .[] as $x ([]; if index([$x]) then . else . + [$x] end)),
+        early: ([$a[] | select(.seq >= 1) | . as $e
+          | select([$a[] | select(.seq == $e.seq - 1 and ((.r == $e.r and .i < $e.i) or (.r < $e.r and .ok)))] == [])
+          | "\($e.seq)@\($e.r)"] | unique)})' <<<"$SUBS_LOG")
+  assert_json "for each of the 4 users, first delivery in publish order 0..4 ($(jq -c 'map({(.u): .delivered_order}) | add' <<<"$SUBS_ORDER_OUT"))" \
+    'length == 4 and all(.[]; .delivered_order == [0, 1, 2, 3, 4])' "$SUBS_ORDER_OUT"
+  assert_json "no event was attempted before its user's previous one was delivered or with it, after it (early: $(jq -c 'map(select(.early != [])) | map({(.u): .early}) | add // {}' <<<"$SUBS_ORDER_OUT"))" \
+    'all(.[]; .early == [])' "$SUBS_ORDER_OUT"
+  subs_rx '{"fail": 0}' "no more failures"
+  subs_delete "$SUBS_ORDER"
+fi
+
+# ---------------------------------------------------------------- k. rate
+
+section "subscriptions k: rate_per_second 5"
+
+SUBS_RATE="$SUBS_NAME-rate"
+if subs_new "$SUBS_RATE" sub.rate '.batch = {maxEvents: 5, maxWait: "0.5s"} | .ratePerSecond = 5'; then
+  SUBS_BATCH=$(jq -nc --arg s "$SUBS_SOURCE" --arg r "$SUBS_RUN" '{events: [range(30) as $i
+    | {eventId: "subv-\($r)-\($i)", eventType: "sub.rate", source: $s, userId: "uv\($i % 6)", payload: {n: $i}}]}')
+  mapfile -t SUBS_V < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH")
+  subs_publish_json "$SUBS_BATCH" 30
+  subs_wait_delivered "all 30 arrived" 40 "${SUBS_V[@]}"
+  # By the receiver's clock, from the first request to the last: the events
+  # delivered in that span (all but the last request's) over its length.
+  # 30 events at 5/s in batches of at most 5: at least (30 - 5) / 5 = 5 s.
+  SUBS_RATE_OUT=$(subs_log_of "$SUBS_RATE" | jq -c '[.[] | select(.status == 200)] | sort_by(.time)
+    | {requests: length, sizes: map(.events), span: ((.[-1].time - .[0].time) * 100 | round / 100),
+       in_span: ((map(.events) | add) - .[-1].events)}
+    | .rate = (if .span > 0 then (.in_span / .span * 100 | round / 100) else null end)')
+  assert_json "the 30 took at least 4.8 s and at most 15 s from the first request to the last ($SUBS_RATE_OUT)" \
+    '.span >= 4.8 and .span <= 15' "$SUBS_RATE_OUT"
+  assert_json "at most 5 events/s (+5%) over that span, no batch over max_events 5" \
+    '.rate != null and .rate <= 5.25 and all(.sizes[]; . <= 5)' "$SUBS_RATE_OUT"
+  subs_delete "$SUBS_RATE"
+fi
+
+# ---------------------------------------------------------------- l. seek
+
+section "subscriptions l: seek to a timestamp"
+
+SUBS_SEEK="$SUBS_NAME-seek"
+if subs_new "$SUBS_SEEK" sub.seek; then
+  # The same two users before and after: one partition each, so once the
+  # later events came again, any earlier one coming again would have come.
+  mapfile -t SUBS_SA < <(subs_ids subsa 4)
+  mapfile -t SUBS_SB < <(subs_ids subsb 4)
+  subs_publish sub.seek us0 "${SUBS_SA[@]:0:2}"
+  subs_publish sub.seek us1 "${SUBS_SA[@]:2:2}"
+  subs_wait_delivered "the 4 before the timestamp arrived" 30 "${SUBS_SA[@]}"
+  sleep 1
+  SUBS_TS=$(subs_now)
+  sleep 1
+  subs_publish sub.seek us0 "${SUBS_SB[@]:0:2}"
+  subs_publish sub.seek us1 "${SUBS_SB[@]:2:2}"
+  subs_wait_delivered "the 4 after the timestamp arrived" 30 "${SUBS_SB[@]}"
+  # The seek finds positions by the events' stored received_at.
+  subs_all_persisted() { local id; for id in "$@"; do event_persisted "$id" || return 1; done; }
+  if poll 20 subs_all_persisted "${SUBS_SA[@]}" "${SUBS_SB[@]}"; then
+    pass "the processor stored all 8"
+  else
+    fail "the processor stored all 8" "$GC_ERR"
+  fi
+  SUBS_MARK=$(subs_log | jq length)
+  SUBS_TS_RFC=$(rfc3339 "${SUBS_TS%.*}" "$(cut -c1-6 <<<"${SUBS_TS#*.}")")
+  if expect_ok "SeekSubscription to timestamp $SUBS_TS_RFC (between the two publishes) while it runs" \
+    "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/SeekSubscription" "$(jq -nc --arg n "$SUBS_SEEK" --arg t "$SUBS_TS_RFC" '{name: $n, to: {timestamp: $t}}')"; then
+    assert_json "it answers the offsets delivery resumes from" '(.offsets | length) > 0' "$GC_OUT"
+  fi
+  subs_redelivered() {
+    [[ -z "$(subs_log | jq -r --argjson m "$SUBS_MARK" '[.[$m:][] | select(.status == 200) | .event_ids[]] as $got
+      | $ARGS.positional - $got | .[]' --args "$@")" ]]
+  }
+  if poll 30 subs_redelivered "${SUBS_SB[@]}"; then
+    pass "the 4 published after the timestamp arrived again"
+  else
+    fail "the 4 published after the timestamp arrived again" \
+      "requests since the seek: $(subs_log | jq -c --argjson m "$SUBS_MARK" '[.[$m:][] | {time, status, event_ids}]')"
+  fi
+  assert_json "none of the 4 published before it arrived again" \
+    '[.[$m:][] | .event_ids[]] as $got | ($a - ($a - $got)) == []' "$(subs_log)" \
+    --argjson m "$SUBS_MARK" --argjson a "$(subs_jarr "${SUBS_SA[@]}")"
+  subs_get "$SUBS_SEEK"
+  assert_eq "after the seek it is ACTIVE again (the seek pauses and resumes)" SUBSCRIPTION_STATE_ACTIVE "$SUBS_ST"
+  subs_delete "$SUBS_SEEK"
+fi
+
+# ---------------------------------------------------------------- own dispatch instances
+
+# subs_free_port: a TCP port free on 127.0.0.1 now.
+subs_free_port() {
+  "$TB_TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# subs_dispatch_start TAG [FLAG...]: a dispatch instance with the settings
+# deploy.sh gives its own (svc_start, plain mode: the saved options in
+# deploy.env), on free ports, plus FLAGs; output to the area's directory.
+# Waits until it answers health SERVING and /ready.
+subs_dispatch_start() {
+  local tag=$1 grpc http log="$SUBS_DIR/dispatch-$1.log"
+  shift
+  grpc=$(subs_free_port) && http=$(subs_free_port) || return 1
+  mkdir -p "$SUBS_DIR"
+  (
+    CFG_KAFKA="" CFG_POSTGRES="" CFG_PG_PORT=55432 CFG_WEBHOOK_ALLOW=""
+    # shellcheck disable=SC1091
+    source "$TB_STATE_DIR/deploy.env"
+    unset TRIBUTARY_WEBHOOK_ALLOW_CIDR TRIBUTARY_DATABASE_URL_FILE TRIBUTARY_KAFKA_OPTIONS \
+      TRIBUTARY_KAFKA_SASL_PASSWORD TRIBUTARY_KAFKA_SASL_PASSWORD_FILE TRIBUTARY_CORS_ALLOW_ORIGIN
+    [[ -z "$CFG_WEBHOOK_ALLOW" ]] || export TRIBUTARY_WEBHOOK_ALLOW_CIDR="$CFG_WEBHOOK_ALLOW"
+    export TRIBUTARY_LOG_FORMAT="${TRIBUTARY_LOG_FORMAT:-text}" TRIBUTARY_AUTH=off
+    export TRIBUTARY_OTLP_ENDPOINT="http://127.0.0.1:4317" OTEL_BSP_SCHEDULE_DELAY=500
+    export TRIBUTARY_KAFKA_BROKERS="${CFG_KAFKA:-127.0.0.1:9092}"
+    export TRIBUTARY_DATABASE_URL="${CFG_POSTGRES:-postgres://postgres:postgres@127.0.0.1:$CFG_PG_PORT/tributary}"
+    exec "$TB_BIN_DIR/tributary-dispatch" --grpc-addr "127.0.0.1:$grpc" --http-addr "127.0.0.1:$http" "$@"
+  ) >>"$log" 2>&1 </dev/null &
+  SUBS_D_PID[$tag]=$!
+  SUBS_D_GRPC[$tag]=$grpc
+  SUBS_D_HTTP[$tag]=$http
+  # Ready, or gone (then poll ends at once; the check below tells which).
+  subs_dispatch_ready() {
+    ! kill -0 "${SUBS_D_PID[$1]}" 2>/dev/null ||
+      { [[ "$(grpc_health "127.0.0.1:${SUBS_D_GRPC[$1]}")" == SERVING ]] &&
+        [[ "$(curl -s -o /dev/null -w '%{http_code}' -m 3 "http://127.0.0.1:${SUBS_D_HTTP[$1]}/ready")" == 200 ]]; }
+  }
+  if poll 60 subs_dispatch_ready "$tag" && kill -0 "${SUBS_D_PID[$tag]}" 2>/dev/null; then
+    pass "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http${*:+, $*}) answers SERVING and /ready (log $log)"
+  else
+    fail "dispatch instance $tag (pid ${SUBS_D_PID[$tag]}, gRPC :$grpc, HTTP :$http) answers SERVING and /ready" \
+      "$(kill -0 "${SUBS_D_PID[$tag]}" 2>/dev/null && echo "running, not ready after 60 s" || echo "it exited")" "$(tail -n 20 "$log" 2>&1)"
+    return 1
+  fi
+}
+
+# subs_dispatch_stop TAG [SIGNAL]: stops an instance of this area's (TERM:
+# up to 30 s, then KILL) by its PID.
+subs_dispatch_stop() {
+  local tag=$1 sig=${2:-TERM} pid=${SUBS_D_PID[$1]:-} i
+  [[ -n "$pid" ]] || return 0
+  kill "-$sig" "$pid" 2>/dev/null
+  for ((i = 0; i < 300; i++)); do
+    [[ "$sig" != KILL ]] || break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  unset "SUBS_D_PID[$tag]"
+}
+
+# subs_d_metrics TAG METRIC LABEL...: subs_metric_sum on an instance's /metrics.
+subs_d_metrics() {
+  local tag=$1
+  shift
+  SUBS_METRICS_URL="http://127.0.0.1:${SUBS_D_HTTP[$tag]}/metrics" subs_metric_sum "$@"
+}
+
+SUBS_OWN_DISPATCH=1
+if grep -qx 'CFG_SECURE=1' "$TB_STATE_DIR/deploy.env" 2>/dev/null; then
+  printf 'SKIP  subscriptions m-o: the deployment runs --secure; this area starts dispatch instances of its own only on the plain one\n'
+  SUBS_OWN_DISPATCH=0
+fi
+
+if ((SUBS_OWN_DISPATCH)); then
+  section "subscriptions m: FAILING after --failing-after 10s, ACTIVE again, DISABLED by 410"
+
+  SUBS_DISPATCH_STOPPED=1
+  if check "./deploy.sh stop dispatch (this area runs its own instances until it ends)" ./deploy.sh stop dispatch &&
+    subs_dispatch_start a --failing-after 10s; then
+    SUBS_FAIL="$SUBS_NAME-fail"
+    if subs_new "$SUBS_FAIL" sub.fail; then
+      subs_rx '{"fail": -1, "status": 500}' "every delivery answered 500 until changed"
+      mapfile -t SUBS_F < <(subs_ids subf 2)
+      subs_publish sub.fail uf "${SUBS_F[@]}"
+      subs_first_500() { SUBS_F500=$(subs_log_of "$SUBS_FAIL" | jq -r '[.[] | select(.status == 500)][0].time // empty'); [[ -n "$SUBS_F500" ]]; }
+      poll 20 subs_first_500 || fail "a first attempt arrived (answered 500)" "$(tail -n 20 "$SUBS_DIR/dispatch-a.log")"
+      # Polled every 0.5 s: the last time it was still ACTIVE, the first FAILING.
+      SUBS_LAST_ACTIVE="" SUBS_FAILING_AT=""
+      subs_until_failing() {
+        local now
+        subs_get "$SUBS_FAIL"
+        now=$(subs_now)
+        case $SUBS_ST in
+          SUBSCRIPTION_STATE_FAILING) SUBS_FAILING_AT=$now ;;
+          SUBSCRIPTION_STATE_ACTIVE) SUBS_LAST_ACTIVE=$now; return 1 ;;
+          *) return 1 ;;
+        esac
+      }
+      if poll 30 subs_until_failing; then
+        SUBS_SINCE=$(awk -v a="$SUBS_FAILING_AT" -v b="${SUBS_F500:-0}" 'BEGIN { printf "%.1f", a - b }')
+        SUBS_ACTIVE_SINCE=$(awk -v a="${SUBS_LAST_ACTIVE:-0}" -v b="${SUBS_F500:-0}" 'BEGIN { printf "%.1f", a - b }')
+        pass "GetSubscription says FAILING, $SUBS_SINCE s after the first failed attempt"
+        assert_json "not before 10 s of failing: FAILING seen at $SUBS_SINCE s (<= 16), still ACTIVE at $SUBS_ACTIVE_SINCE s (>= 8)" \
+          '.f >= 9.5 and .f <= 16 and .a >= 8' "{\"f\": $SUBS_SINCE, \"a\": $SUBS_ACTIVE_SINCE}"
+        assert_json "its lastError says why (the endpoint answered 500)" '.lastError | test("500")' "$GC_OUT"
+      else
+        subs_get "$SUBS_FAIL"
+        fail "GetSubscription says FAILING within 30 s" "state: $SUBS_ST, $(jq -c '{lastError}' <<<"$GC_OUT" 2>&1)" \
+          "$(grep -F "$SUBS_FAIL" "$SUBS_DIR/dispatch-a.log" | tail -n 5)"
+      fi
+      assert_eq "tributary_subscription_state{state=\"failing\"} is 1 on the instance" 1 \
+        "$(subs_d_metrics a tributary_subscription_state "subscription=\"$SUBS_FAIL\"" 'state="failing"')"
+
+      subs_rx '{"fail": 0}' "deliveries answered 200 again"
+      subs_wait_delivered "the 2 arrived once the endpoint answers 2xx" 20 "${SUBS_F[@]}"
+      subs_is_active() { subs_get "$SUBS_FAIL" && [[ "$SUBS_ST" == SUBSCRIPTION_STATE_ACTIVE ]]; }
+      if poll 10 subs_is_active; then
+        pass "it is ACTIVE again by itself"
+      else
+        fail "it is ACTIVE again by itself" "$GC_OUT"
+      fi
+      assert_eq "tributary_subscription_state{state=\"active\"} is 1 on the instance" 1 \
+        "$(subs_d_metrics a tributary_subscription_state "subscription=\"$SUBS_FAIL\"" 'state="active"')"
+
+      subs_rx '{"fail": 1, "status": 410}' "the next delivery answered 410 Gone"
+      mapfile -t SUBS_G < <(subs_ids subg 2)
+      subs_publish sub.fail ug "${SUBS_G[0]}"
+      subs_is_disabled() { subs_get "$SUBS_FAIL" && [[ "$SUBS_ST" == SUBSCRIPTION_STATE_DISABLED ]]; }
+      if poll 20 subs_is_disabled; then
+        pass "after a 410 GetSubscription says DISABLED"
+        assert_json "its lastError says 410 Gone" '.lastError | test("410")' "$GC_OUT"
+      else
+        fail "after a 410 GetSubscription says DISABLED" "$GC_OUT"
+      fi
+      assert_eq "tributary_subscription_state{state=\"disabled\"} is 1 on the instance" 1 \
+        "$(subs_d_metrics a tributary_subscription_state "subscription=\"$SUBS_FAIL\"" 'state="disabled"')"
+      subs_publish sub.fail ug "${SUBS_G[1]}"
+      sleep 3
+      assert_json "disabled: one request answered 410, none after it in 3 s (statuses from the 410 on: $(subs_log_of "$SUBS_FAIL" | jq -c '([.[] | select(.status == 410)][0].time // 0) as $g | [.[] | select(.time >= $g) | .status]'))" \
+        '([.[] | select(.status == 410)]) as $g | ($g | length) == 1 and ([.[] | select(.time > $g[0].time)] | length) == 0' \
+        "$(subs_log_of "$SUBS_FAIL")"
+      subs_delete "$SUBS_FAIL"
+    fi
+
+    # ------------------------------------------------------------ n. kill -9
+
+    section "subscriptions n: kill -9 of dispatch mid-delivery"
+
+    SUBS_KILL="$SUBS_NAME-kill"
+    if subs_new "$SUBS_KILL" sub.kill '.batch = {maxEvents: 4, maxWait: "0.5s"}'; then
+      subs_rx '{"delay": 2.5}' "every delivery answered after 2.5 s (a batch stays in flight)"
+      SUBS_BATCH=$(jq -nc --arg s "$SUBS_SOURCE" --arg r "$SUBS_RUN" '{events: [range(16) as $i
+        | {eventId: "subx-\($r)-\($i)", eventType: "sub.kill", source: $s, userId: "ux\($i % 4)", payload: {n: $i}}]}')
+      mapfile -t SUBS_X < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH")
+      subs_publish_json "$SUBS_BATCH" 16
+      # Once the first batch is answered, the next one is posted at once and
+      # waits 2.5 s at the receiver: dispatch dies 0.8 s into it.
+      subs_first_done() { [[ "$(subs_log_of "$SUBS_KILL" | jq '[.[] | select(.status == 200)] | length')" -ge 1 ]]; }
+      SUBS_KILLED_AT=""
+      for ((i = 0; i < 150; i++)); do
+        subs_first_done && break
+        sleep 0.2
+      done
+      if subs_first_done; then
+        sleep 0.8
+        SUBS_KILLED_AT=$(subs_now)
+        SUBS_KPID=${SUBS_D_PID[a]}
+        subs_dispatch_stop a KILL
+        if kill -0 "$SUBS_KPID" 2>/dev/null; then
+          fail "kill -9 of dispatch instance a (pid $SUBS_KPID)"
+        else
+          pass "kill -9 of dispatch instance a (pid $SUBS_KPID) after its first batch was answered"
+        fi
+      else
+        fail "a first batch was answered (with the 2.5 s delay) within 30 s" "$(subs_log_of "$SUBS_KILL" | jq -c 'map({time, status, event_ids})')"
+      fi
+      subs_rx '{"delay": 0}' "no more delay"
+      if subs_dispatch_start b; then
+        subs_wait_delivered "a new instance delivered all 16 (at least once)" 60 "${SUBS_X[@]}"
+        SUBS_INFLIGHT=$(subs_log_of "$SUBS_KILL" | jq -c --argjson k "${SUBS_KILLED_AT:-0}" \
+          '[.[] | select(.time < $k and .time > $k - 2.5)] | first // null')
+        assert_json "a batch was in flight when dispatch died (arrived before the kill, answered 2.5 s later): $(jq -c 'if . then {event_ids} else . end' <<<"$SUBS_INFLIGHT")" \
+          '. != null and (.event_ids | length) > 0' "$SUBS_INFLIGHT"
+        assert_json "that batch's events arrived again after the kill" \
+          '($b.event_ids // ["none"]) - [.[] | select(.time > $k and .status == 200) | .event_ids[]] == []' \
+          "$(subs_log_of "$SUBS_KILL")" --argjson k "${SUBS_KILLED_AT:-0}" --argjson b "$SUBS_INFLIGHT"
+      fi
+      subs_delete "$SUBS_KILL"
+    fi
+
+    # ------------------------------------------------------------ o. two replicas
+
+    section "subscriptions o: two dispatch instances split the work"
+
+    SUBS_SPLIT="$SUBS_NAME-split"
+    # (Instance a is gone unless n was cut short: then it goes now.)
+    subs_dispatch_stop a TERM
+    SUBS_PARTS=$(gc -max-time 10 -d '{"name": "tributary.events"}' "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/DescribeTopic" 2>&1 | jq -r '.partitionCount // 0' 2>/dev/null)
+    assert_json "tributary.events has partitions enough to split (${SUBS_PARTS:-?})" '. >= 2' "${SUBS_PARTS:-0}"
+    if [[ -n "${SUBS_D_PID[b]:-}" ]] || subs_dispatch_start b; then
+      subs_dispatch_start c
+      if subs_new "$SUBS_SPLIT" sub.split '.batch = {maxEvents: 10, maxWait: "0.5s"}'; then
+        subs_two_members() {
+          gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListConsumerGroups" '{}' &&
+            jq -e --arg g "tributary.sub.$SUBS_SPLIT" '[.groups[] | select(.group == $g and .memberCount == 2 and .state == "Stable")] | length == 1' <<<"$GC_OUT" >/dev/null
+        }
+        if poll 30 subs_two_members; then
+          pass "its consumer group has two members, Stable"
+        else
+          fail "its consumer group has two members, Stable (within 30 s)" \
+            "$(jq -c --arg g "tributary.sub.$SUBS_SPLIT" '[.groups[]? | select(.group == $g)]' <<<"$GC_OUT" 2>&1)"
+        fi
+        # 24 users: their keys spread over the partitions of both.
+        SUBS_BATCH=$(jq -nc --arg s "$SUBS_SOURCE" --arg r "$SUBS_RUN" '{events: [range(48) as $i
+          | {eventId: "subz-\($r)-\($i)", eventType: "sub.split", source: $s, userId: "uz\($i % 24)", payload: {n: $i}}]}')
+        mapfile -t SUBS_Z < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH")
+        subs_publish_json "$SUBS_BATCH" 48
+        subs_wait_delivered "all 48 arrived" 40 "${SUBS_Z[@]}"
+        SUBS_DB=$(subs_d_metrics b tributary_subscription_events_total "subscription=\"$SUBS_SPLIT\"" 'result="delivered"' || echo 0)
+        SUBS_DC=$(subs_d_metrics c tributary_subscription_events_total "subscription=\"$SUBS_SPLIT\"" 'result="delivered"' || echo 0)
+        assert_json "both delivered some: tributary_subscription_events_total{result=\"delivered\"} b $SUBS_DB, c $SUBS_DC; together >= 48" \
+          '.b > 0 and .c > 0 and .b + .c >= 48' "{\"b\": $SUBS_DB, \"c\": $SUBS_DC}"
+        subs_delete "$SUBS_SPLIT"
+      fi
+    fi
+  fi
+  for SUBS_TAG in "${!SUBS_D_PID[@]}"; do
+    subs_dispatch_stop "$SUBS_TAG" TERM
+  done
+  check "./deploy.sh start dispatch (deploy's instance back)" ./deploy.sh start dispatch && SUBS_DISPATCH_STOPPED=0
+  assert_eq "deploy's dispatch answers gRPC health on $SUBS_DISPATCH_ADDR" SERVING "$(grpc_health "$SUBS_DISPATCH_ADDR")"
+fi
+
+SUBS_TOOK=$((SECONDS - SUBS_STARTED))
+assert_json "the subscriptions area took $((SUBS_TOOK / 60))m$((SUBS_TOOK % 60))s wall time (at most 5 min)" '. <= 300' "$SUBS_TOOK"
 
 subs_end
