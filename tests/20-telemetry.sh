@@ -2,7 +2,7 @@
 # (SC2016: the single-quoted $names are jq variables.)
 # Telemetry of the running deployment: one published event is traced from the
 # ingest server span to the insert (read from the trace sink's JSON lines),
-# every service exports its metrics, Prometheus scrapes all four and evaluates
+# every service exports its metrics, Prometheus scrapes all five and evaluates
 # the alert rules, and admin reports lag per partition.
 # Sourced by test-system.sh (tests/lib.sh is loaded).
 
@@ -95,7 +95,7 @@ fi
 
 # ================================================================ metrics
 section "metrics endpoints"
-for spec in "ingest 9601" "processor 9602" "query 9603" "admin 9604"; do
+for spec in "ingest 9601" "processor 9602" "query 9603" "admin 9604" "dispatch 9605"; do
   read -r name port <<<"$spec"
   body=$(curl -fsS --max-time 10 "http://127.0.0.1:$port/metrics" 2>&1) || body=""
   assert_contains "$name exports tributary_build_info" "$body" "tributary_build_info{service=\"$name\""
@@ -141,13 +141,13 @@ assert_match "admin exports the lag gauge per partition" \
 section "prometheus"
 all_targets_up() {
   PROM_TARGETS=$(curl -fsS --max-time 10 "$PROMETHEUS_URL/api/v1/targets?state=active") || return 1
-  [[ "$(jq '[.data.activeTargets[] | select(.labels.job | startswith("tributary-"))] | length' <<<"$PROM_TARGETS")" == 4 &&
+  [[ "$(jq '[.data.activeTargets[] | select(.labels.job | startswith("tributary-"))] | length' <<<"$PROM_TARGETS")" == 5 &&
     "$(jq '[.data.activeTargets[] | select(.labels.job | startswith("tributary-")) | .health == "up"] | all' <<<"$PROM_TARGETS")" == true ]]
 }
 if poll 40 all_targets_up; then
-  pass "prometheus scrapes all four services and each is up"
+  pass "prometheus scrapes all five services and each is up"
 else
-  fail "prometheus scrapes all four services and each is up" \
+  fail "prometheus scrapes all five services and each is up" \
     "$(jq -c '.data.activeTargets[]? | {job: .labels.job, health, lastError}' <<<"${PROM_TARGETS:-}")"
 fi
 rules_ok() {

@@ -444,7 +444,7 @@ SEC_LOCK_PID=""
 section "secure mode: no secret in logs, metrics or traces"
 
 SEC_METRICS=""
-for port in 9601 9602 9603 9604; do SEC_METRICS+=$(curl -s -m 5 "http://127.0.0.1:$port/metrics"); done
+for port in 9601 9602 9603 9604 9605; do SEC_METRICS+=$(curl -s -m 5 "http://127.0.0.1:$port/metrics"); done
 assert_contains "tributary_auth_requests_total names a known key" "$SEC_METRICS" "key_id=\"${SEC_READER:4:12}\""
 for spec in "bootstrap-secret ${SEC_BOOTSTRAP:17}" "postgres-password $SEC_PG_PASSWORD" "kafka-password $SEC_KAFKA_PASSWORD" \
   "a-client-key's-secret ${SEC_READER:17}"; do

@@ -492,8 +492,7 @@ impl Worker {
                     return Delivery::Done;
                 }
                 Attempt::Gone => {
-                    self.set_state("disabled", "the endpoint answered 410 Gone")
-                        .await;
+                    self.disable(token).await;
                     return Delivery::Gone;
                 }
                 Attempt::Failed { why, retry_after } => {
@@ -643,6 +642,33 @@ impl Worker {
             self.state
         };
         self.set_state(state, why).await;
+    }
+
+    /// Records DISABLED (retried until PostgreSQL takes it, or stopped):
+    /// every replica's worker then stops, and stays stopped until resumed.
+    async fn disable(&mut self, token: &CancellationToken) {
+        let why = "the endpoint answered 410 Gone";
+        tracing::warn!(subscription = %self.name, state = "disabled", reason = why, "subscription state");
+        self.state = "disabled";
+        self.shared.metrics.set_state(&self.name, "disabled");
+        let name = self.name.clone();
+        loop {
+            match self
+                .shared
+                .pool
+                .run(async |c| store::disable(c, &name, why).await)
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(subscription = %self.name, error = %tributary_store::error_chain(&e), "cannot record DISABLED; retrying");
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
     }
 
     async fn set_state(&mut self, state: &'static str, why: &str) {

@@ -175,11 +175,28 @@ pub async fn report(
 ) -> Result<(), StoreError> {
     client
         .execute(
-            "UPDATE subscriptions SET state = $2,
+            // Only an operator's resume leaves `disabled` (see `update`): a
+            // replica still delivering never overwrites it.
+            "UPDATE subscriptions SET state = CASE WHEN state = 'disabled' THEN state ELSE $2 END,
                  last_delivered_at = coalesce($3, last_delivered_at),
                  last_error = CASE WHEN $3::timestamptz IS NULL THEN $4 ELSE last_error END
              WHERE name = $1",
             &[&name, &state, &delivered_at, &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The endpoint answered 410 Gone: disabled until an operator resumes it.
+/// The generation moves, so every replica's worker stops (not only the one
+/// that got the answer).
+pub async fn disable(client: &impl GenericClient, name: &str, why: &str) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE subscriptions SET state = 'disabled', last_error = $2,
+                 generation = generation + 1
+             WHERE name = $1",
+            &[&name, &why],
         )
         .await?;
     Ok(())
