@@ -16,6 +16,7 @@ pub mod procs;
 pub mod query;
 pub mod security;
 pub mod stats;
+pub mod subscriptions;
 pub mod topic;
 
 use std::path::PathBuf;
@@ -25,8 +26,16 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 /// Every scenario's name (an unknown one is refused, never skipped).
-pub const SCENARIOS: [&str; 8] = [
-    "payload", "ingest", "persist", "e2e", "query", "security", "faults", "overload",
+pub const SCENARIOS: [&str; 9] = [
+    "payload",
+    "ingest",
+    "persist",
+    "e2e",
+    "query",
+    "security",
+    "subscriptions",
+    "faults",
+    "overload",
 ];
 
 /// Benchmarks of the local deployment (`./deploy.sh up`): ingest, persist,
@@ -39,10 +48,12 @@ pub struct Options {
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run, comma-separated: payload, ingest, persist, e2e,
-    /// query, security (footprint is measured during e2e; persist loads its
+    /// query, security, subscriptions (footprint is measured during e2e; persist loads its
     /// events with the ingest scenario, so it runs that too; payload runs in
     /// process and needs no deployment; security starts ingests of its own:
-    /// what API keys and TLS cost per call). Not in the default set: faults
+    /// what API keys and TLS cost per call; subscriptions: a push
+    /// subscription's delivered events/s to a receiver in the bench against a
+    /// raw consumer of the same range). Not in the default set: faults
     /// (kills and freezes each part of the deployment under load and checks
     /// that nothing acknowledged is lost or doubled; see BENCHMARKS.md) and
     /// overload (three times the callers that reach ingest's maximum, half
@@ -51,7 +62,7 @@ pub struct Options {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "payload,ingest,persist,e2e,query,security",
+        default_value = "payload,ingest,persist,e2e,query,security,subscriptions",
         value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS)
     )]
     pub scenarios: Vec<String>,

@@ -3,7 +3,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tributary_bench::{
-    Checks, Options, e2e, faults, ingest, overload, payload, persist, procs, query, security, topic,
+    Checks, Options, e2e, faults, ingest, overload, payload, persist, procs, query, security,
+    subscriptions, topic,
 };
 
 #[tokio::main]
@@ -114,6 +115,9 @@ async fn run(options: &Options, checks: &mut Checks, report: &mut Value) -> anyh
     }
     if options.wants("query") {
         report["scenarios"]["query"] = query::run(options, checks).await?;
+    }
+    if options.wants("subscriptions") {
+        report["scenarios"]["subscriptions"] = subscriptions::run(options, checks, &run_id).await?;
     }
     if options.wants("faults") {
         report["scenarios"]["faults"] = faults::run(options, checks, &run_id).await?;

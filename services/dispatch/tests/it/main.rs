@@ -569,3 +569,128 @@ async fn pull_sends_unacknowledged_events_again_and_never_acknowledged_ones() {
     assert_eq!(ids, ["p4"], "acknowledged events never come back");
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pull_clients_split_the_partitions_and_the_lag_reaches_zero() {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use tributary_proto::v1::subscriber_service_client::SubscriberServiceClient;
+    use tributary_proto::v1::{PullConfig, PullRequest};
+
+    let db = TestDb::new().await.unwrap();
+    let broker = TestBroker::start().await.unwrap();
+    let kafka = broker.kafka_args(&suffix());
+    broker.create_topics(&kafka, 4).await.unwrap();
+    let name = format!("pair-{}", suffix());
+    let spec = Subscription {
+        name: name.clone(),
+        delivery: Some(subscription::Delivery::Pull(PullConfig {
+            ack_deadline: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+        })),
+        ..Default::default()
+    };
+    create(&db, &spec, &[]).await;
+    let (token, addr) = start_at(&db, &kafka).await;
+    // Each client acknowledges everything it gets, and reports the ids.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let mut keep = Vec::new();
+    for client_no in 0..2 {
+        let mut client = SubscriberServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(PullRequest {
+            subscription: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut stream = client
+            .pull(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let seen = seen_tx.clone();
+        let acks = tx.clone();
+        keep.push(tx);
+        tokio::spawn(async move {
+            while let Ok(Some(batch)) = stream.message().await {
+                let mut ack_ids = Vec::new();
+                for e in batch.events {
+                    let id = e.event.unwrap().event.unwrap().event_id;
+                    let _ = seen.send((client_no, id));
+                    ack_ids.push(e.ack_id);
+                }
+                let _ = acks
+                    .send(PullRequest {
+                        ack_ids,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        });
+        // Let the first settle in the group before the second joins.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Both members and a settled assignment before publishing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let events: Vec<(String, String)> = (0..24)
+        .map(|i| (format!("s{i:02}"), format!("user-{i}")))
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|(id, user)| (id.as_str(), "t", user.as_str()))
+        .collect();
+    publish(&kafka, &refs).await;
+    let mut by_client = [Vec::new(), Vec::new()];
+    let mut all = std::collections::BTreeSet::new();
+    while all.len() < 24 {
+        let (client_no, id) = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
+            .await
+            .expect("all 24 within 30 s")
+            .unwrap();
+        all.insert(id.clone());
+        by_client[client_no].push(id);
+    }
+    assert!(
+        !by_client[0].is_empty() && !by_client[1].is_empty(),
+        "both clients got events: {by_client:?}"
+    );
+    // Everything acknowledged: the group's committed offsets reach the ends.
+    let offsets: BaseConsumer = kafka
+        .client_config()
+        .unwrap()
+        .set(
+            "group.id",
+            tributary_store::subscriptions::consumer_group(&name),
+        )
+        .create()
+        .unwrap();
+    let lag = eventually("lag 0", async || {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition(&kafka.topic, p);
+        }
+        let committed = offsets
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()?;
+        let mut lag = 0;
+        for e in committed.elements() {
+            let (_, high) = offsets
+                .fetch_watermarks(&kafka.topic, e.partition(), Duration::from_secs(5))
+                .ok()?;
+            let at = match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => 0,
+            };
+            lag += high - at;
+        }
+        (lag == 0).then_some(lag)
+    })
+    .await;
+    assert_eq!(lag, 0);
+    drop(keep);
+    token.cancel();
+}
