@@ -40,6 +40,9 @@ BENCH_RATES='[
   {p: "persist baseline rows_per_s", v: .scenarios.persist.baseline.rows_per_s},
   {p: "persist ratio", v: .scenarios.persist.ratio},
   {p: "e2e max_throughput events_per_s", v: .scenarios.e2e.max_throughput.events_per_s},
+  {p: "subscriptions raw consumer per_second", v: .scenarios.subscriptions.raw_consumer.per_second},
+  {p: "subscriptions push per_second", v: .scenarios.subscriptions.push.per_second},
+  {p: "subscriptions ratio", v: .scenarios.subscriptions.ratio_push_to_raw},
   (.scenarios.payload.shapes[] | "payload \(.payload)" as $r
     | {p: "\($r) ns_per_event", v: .ns_per_event},
       {p: "\($r) baseline ns_per_event", v: .baseline.ns_per_event},
@@ -113,6 +116,9 @@ else
       ".scenarios.e2e.$dist | (.p50 | type) == \"number\" and .p50 >= 0 and .p50 <= .p99 and .p99 <= .p999" \
       ".scenarios.e2e.$dist"
   done
+  bench_json "subscriptions: every published event delivered once, none outside the filter" \
+    '.scenarios.subscriptions | .events > 0 and .push.delivered == .events and .push.duplicates == 0' \
+    '.scenarios.subscriptions'
   bench_json "query: at least one data size with rows > 0" \
     'any(.scenarios.query.sizes[]; .rows > 0)' '[.scenarios.query.sizes[]? | .rows]'
   bench_json "query: every p50_ms <= p99_ms (queries and baselines)" \
