@@ -27,6 +27,7 @@ SEC_WORK=$(mktemp -d)
 SEC_HOOK_PIDS=()
 SEC_ADMIN=127.0.0.1:50053
 SEC_PROCESSOR=127.0.0.1:50054
+SEC_DISPATCH=127.0.0.1:50055
 # The allowed webhook receiver listens on 127.0.0.2 (still loopback): the
 # deployment allows exactly that address, so "localhost" stays refused.
 SEC_HOOK_HOST=127.0.0.2
@@ -170,6 +171,11 @@ expect_ok "a query:read key may ListEvents" "$QUERY_ADDR" "$Q_METHOD" '{"pageSiz
 expect_code "a query:read key may not Publish" PermissionDenied "$INGEST_ADDR" "$I_METHOD" "$(publish_json "reader-$SEC_RUN" u)"
 expect_code "a query:read key may not ResetOffsets" PermissionDenied "$SEC_ADMIN" "$ADMIN/ResetOffsets" \
   "$(jq -nc --arg g "secure-check-$SEC_RUN" '{group: $g, latest: true}')"
+expect_code "a query:read key may not Pull a subscription" PermissionDenied "$SEC_DISPATCH" \
+  tributary.v1.SubscriberService/Pull "$(jq -nc --arg s "secure-$SEC_RUN" '{subscription: $s}')"
+GC_KEY=$SEC_EVERY
+expect_code "a subscriptions:pull key reaches Pull over TLS (NotFound: no such subscription)" NotFound "$SEC_DISPATCH" \
+  tributary.v1.SubscriberService/Pull "$(jq -nc --arg s "secure-$SEC_RUN" '{subscription: $s}')"
 GC_KEY=$SEC_WRITER
 expect_ok "an ingest:write key may Publish" "$INGEST_ADDR" "$I_METHOD" "$(publish_json "writer-$SEC_RUN" "secure-$SEC_RUN")"
 GC_KEY=$SEC_OPERATOR
