@@ -48,11 +48,18 @@
 #      again.
 #   o. Two instances split the work: the group has two members, both count
 #      delivered events in their /metrics, together everything arrived.
+#   p. 410 Gone with two instances both delivering one subscription: it is
+#      DISABLED at once and stays so (GetSubscription polled every 0.5 s for
+#      6 s) while 48 more events for the partitions of both are published;
+#      no request reaches the receiver after the 410 and neither instance
+#      counts a delivery. UpdateSubscription paused=false makes it ACTIVE:
+#      the events published meanwhile (and the one answered 410) arrive, and
+#      both instances deliver again.
 #   The area's wall time is printed and checked (at most 5 min, issue 14).
 #
 # Skipped (a SKIP line, no failure) while the deployment runs no dispatch
 # part: the Rust side of issue 14 may not have landed yet. Once dispatch runs,
-# every check runs (m-o need the plain deployment, which test-system.sh
+# every check runs (m-p need the plain deployment, which test-system.sh
 # always runs). Dead letters and Pull are not tested yet. Sourced by
 # test-system.sh (tests/lib.sh is loaded). Every name, source and event id
 # carries the run id. The receiver and this area's dispatch instances are
@@ -112,8 +119,8 @@ SUBS_SECRET=""
 # Every name this area may have created: deleted on the way out, since a
 # subscription left behind would go on retrying against a closed port.
 SUBS_NAMES=("$SUBS_NAME" "$SUBS_NAME-nodelivery" "$SUBS_NAME-toobig")
-for n in rot wait order rate seek fail kill split; do SUBS_NAMES+=("$SUBS_NAME-$n"); done
-# This area's own dispatch instances (m-o), by tag: PID and ports.
+for n in rot wait order rate seek fail kill split gone; do SUBS_NAMES+=("$SUBS_NAME-$n"); done
+# This area's own dispatch instances (m-p), by tag: PID and ports.
 declare -A SUBS_D_PID=() SUBS_D_GRPC=() SUBS_D_HTTP=()
 # 1 while deploy's dispatch is stopped by this area.
 SUBS_DISPATCH_STOPPED=0
@@ -955,7 +962,7 @@ subs_d_metrics() {
 
 SUBS_OWN_DISPATCH=1
 if grep -qx 'CFG_SECURE=1' "$TB_STATE_DIR/deploy.env" 2>/dev/null; then
-  printf 'SKIP  subscriptions m-o: the deployment runs --secure; this area starts dispatch instances of its own only on the plain one\n'
+  printf 'SKIP  subscriptions m-p: the deployment runs --secure; this area starts dispatch instances of its own only on the plain one\n'
   SUBS_OWN_DISPATCH=0
 fi
 
@@ -1081,6 +1088,11 @@ if ((SUBS_OWN_DISPATCH)); then
     section "subscriptions o: two dispatch instances split the work"
 
     SUBS_SPLIT="$SUBS_NAME-split"
+    # subs_two_members NAME: its consumer group has two members, Stable.
+    subs_two_members() {
+      gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListConsumerGroups" '{}' &&
+        jq -e --arg g "tributary.sub.$1" '[.groups[] | select(.group == $g and .memberCount == 2 and .state == "Stable")] | length == 1' <<<"$GC_OUT" >/dev/null
+    }
     # (Instance a is gone unless n was cut short: then it goes now.)
     subs_dispatch_stop a TERM
     SUBS_PARTS=$(gc -max-time 10 -d '{"name": "tributary.events"}' "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/DescribeTopic" 2>&1 | jq -r '.partitionCount // 0' 2>/dev/null)
@@ -1088,11 +1100,7 @@ if ((SUBS_OWN_DISPATCH)); then
     if [[ -n "${SUBS_D_PID[b]:-}" ]] || subs_dispatch_start b; then
       subs_dispatch_start c
       if subs_new "$SUBS_SPLIT" sub.split '.batch = {maxEvents: 10, maxWait: "0.5s"}'; then
-        subs_two_members() {
-          gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListConsumerGroups" '{}' &&
-            jq -e --arg g "tributary.sub.$SUBS_SPLIT" '[.groups[] | select(.group == $g and .memberCount == 2 and .state == "Stable")] | length == 1' <<<"$GC_OUT" >/dev/null
-        }
-        if poll 30 subs_two_members; then
+        if poll 30 subs_two_members "$SUBS_SPLIT"; then
           pass "its consumer group has two members, Stable"
         else
           fail "its consumer group has two members, Stable (within 30 s)" \
@@ -1110,6 +1118,105 @@ if ((SUBS_OWN_DISPATCH)); then
           '.b > 0 and .c > 0 and .b + .c >= 48' "{\"b\": $SUBS_DB, \"c\": $SUBS_DC}"
         subs_delete "$SUBS_SPLIT"
       fi
+    fi
+
+    # ------------------------------------------------------------ p. 410 with two replicas
+
+    section "subscriptions p: 410 Gone disables it on both instances; resumed, it delivers again"
+
+    SUBS_GONE="$SUBS_NAME-gone"
+    subs_instance_up() { [[ -n "${SUBS_D_PID[$1]:-}" ]] && kill -0 "${SUBS_D_PID[$1]}" 2>/dev/null; }
+    # subs_state_is NAME STATE: GetSubscription says SUBSCRIPTION_STATE_<STATE>.
+    subs_state_is() { subs_get "$1" && [[ "$SUBS_ST" == "SUBSCRIPTION_STATE_$2" ]]; }
+    # subs_gone_batch PREFIX: 24 events of sub.gone, one per user uy0..uy23
+    # (their keys spread over the partitions of both instances).
+    subs_gone_batch() {
+      jq -nc --arg s "$SUBS_SOURCE" --arg p "$1-$SUBS_RUN" '{events: [range(24) as $i
+        | {eventId: "\($p)-\($i)", eventType: "sub.gone", source: $s, userId: "uy\($i)", payload: {n: $i}}]}'
+    }
+    subs_delivered_by() { subs_d_metrics "$1" tributary_subscription_events_total "subscription=\"$SUBS_GONE\"" 'result="delivered"' || echo 0; }
+    if { subs_instance_up b || subs_dispatch_start b; } && { subs_instance_up c || subs_dispatch_start c; } &&
+      subs_new "$SUBS_GONE" sub.gone '.batch = {maxEvents: 10, maxWait: "0.5s"}'; then
+      if poll 30 subs_two_members "$SUBS_GONE"; then
+        pass "its consumer group has two members (b and c), Stable"
+      else
+        fail "its consumer group has two members (b and c), Stable (within 30 s)" \
+          "$(jq -c --arg g "tributary.sub.$SUBS_GONE" '[.groups[]? | select(.group == $g)]' <<<"$GC_OUT" 2>&1)"
+      fi
+      SUBS_BATCH=$(subs_gone_batch subgw)
+      mapfile -t SUBS_GW < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH")
+      subs_publish_json "$SUBS_BATCH" 24
+      subs_wait_delivered "all 24 arrived" 30 "${SUBS_GW[@]}"
+      SUBS_DB=$(subs_delivered_by b) SUBS_DC=$(subs_delivered_by c)
+      assert_json "both instances deliver it: tributary_subscription_events_total{result=\"delivered\"} b $SUBS_DB, c $SUBS_DC" \
+        '.b > 0 and .c > 0' "{\"b\": $SUBS_DB, \"c\": $SUBS_DC}"
+
+      subs_rx '{"fail": 1, "status": 410}' "the next delivery answered 410 Gone"
+      SUBS_G0="subgx-$SUBS_RUN-00"
+      subs_publish sub.gone uy0 "$SUBS_G0"
+      if poll 20 subs_state_is "$SUBS_GONE" DISABLED; then
+        pass "after a 410 GetSubscription says DISABLED"
+        assert_json "its lastError says 410 Gone" '.lastError | test("410")' "$GC_OUT"
+      else
+        fail "after a 410 GetSubscription says DISABLED (within 20 s)" "state: $SUBS_ST" "$GC_OUT"
+      fi
+      SUBS_G410=$(subs_log_of "$SUBS_GONE" | jq -r '[.[] | select(.status == 410)][0].time // 0')
+      SUBS_GB=$(subs_d_metrics b tributary_subscription_deliveries_total "subscription=\"$SUBS_GONE\"" 'code="4xx"' || echo 0)
+      SUBS_GC=$(subs_d_metrics c tributary_subscription_deliveries_total "subscription=\"$SUBS_GONE\"" 'code="4xx"' || echo 0)
+      assert_json "one instance met the 410 (4xx answers counted: b $SUBS_GB, c $SUBS_GC): the other one was delivering too" \
+        '.b + .c == 1' "{\"b\": $SUBS_GB, \"c\": $SUBS_GC}"
+      # From now on a request would be answered 200 (and so seen to arrive).
+      # 48 more events, for all 24 users (the partitions of both instances),
+      # in two PublishBatches 3 s apart, GetSubscription polled every 0.5 s
+      # for 6 s.
+      subs_rx '{"fail": 0}' "deliveries answered 200 again"
+      SUBS_BATCH=$(subs_gone_batch subgm1)
+      SUBS_BATCH2=$(subs_gone_batch subgm2)
+      mapfile -t SUBS_GM < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH"; jq -r '.events[].eventId' <<<"$SUBS_BATCH2")
+      SUBS_STATES=()
+      SUBS_T0=${EPOCHREALTIME/./}
+      subs_publish_json "$SUBS_BATCH" 24
+      SUBS_SECOND=0
+      SUBS_POLLED=()
+      while ((${EPOCHREALTIME/./} - SUBS_T0 < 6000000)); do
+        subs_get "$SUBS_GONE"
+        SUBS_STATES+=("${SUBS_ST:-error}")
+        SUBS_POLLED+=("${EPOCHREALTIME/./}")
+        if ((!SUBS_SECOND && ${EPOCHREALTIME/./} - SUBS_T0 >= 3000000)); then
+          subs_publish_json "$SUBS_BATCH2" 24
+          SUBS_SECOND=1
+        fi
+        sleep 0.5
+      done
+      SUBS_SEEN=$(subs_jarr "${SUBS_STATES[@]}" | jq -r 'group_by(.) | map("\(.[0] | ltrimstr("SUBSCRIPTION_STATE_")) x\(length)") | join(", ")')
+      SUBS_SPAN=$(((SUBS_POLLED[-1] - SUBS_POLLED[0]) / 100000))
+      assert_json "GetSubscription said DISABLED each of the ${#SUBS_STATES[@]} times it was asked over $((SUBS_SPAN / 10)).$((SUBS_SPAN % 10)) s (>= 5 s) while 48 more events were published ($SUBS_SEEN)" \
+        '.span >= 50 and (.states | length) >= 6 and all(.states[]; . == "SUBSCRIPTION_STATE_DISABLED")' \
+        "$(jq -nc --argjson s "$(subs_jarr "${SUBS_STATES[@]}")" --argjson n "$SUBS_SPAN" '{states: $s, span: $n}')"
+      assert_json "exactly one request was answered 410 and no request reached the receiver after it in those 6 s (statuses from the 410 on: $(subs_log_of "$SUBS_GONE" | jq -c --argjson g "$SUBS_G410" '[.[] | select(.time >= $g) | .status]'))" \
+        '([.[] | select(.status == 410)] | length) == 1 and ([.[] | select(.time > $g)] | length) == 0' \
+        "$(subs_log_of "$SUBS_GONE")" --argjson g "$SUBS_G410"
+      SUBS_DB2=$(subs_delivered_by b) SUBS_DC2=$(subs_delivered_by c)
+      assert_json "neither instance counted a delivery while DISABLED (delivered: b $SUBS_DB -> $SUBS_DB2, c $SUBS_DC -> $SUBS_DC2)" \
+        '.b == .b2 and .c == .c2' "{\"b\": $SUBS_DB, \"c\": $SUBS_DC, \"b2\": $SUBS_DB2, \"c2\": $SUBS_DC2}"
+
+      if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/UpdateSubscription" \
+        "$(jq -nc --arg n "$SUBS_GONE" '{subscription: {name: $n, paused: false}, updateMask: {paths: ["paused"]}}')"; then
+        pass "UpdateSubscription paused=false (updateMask paused) of the DISABLED subscription"
+        assert_json "the update answers ACTIVE" '.subscription.state == "SUBSCRIPTION_STATE_ACTIVE" and .subscription.paused == false' "$GC_OUT"
+      else
+        fail "UpdateSubscription paused=false (updateMask paused) of the DISABLED subscription" "grpcurl exit $GC_RC" "$GC_ERR"
+      fi
+      subs_get "$SUBS_GONE"
+      assert_eq "GetSubscription says ACTIVE" SUBSCRIPTION_STATE_ACTIVE "$SUBS_ST"
+      subs_wait_delivered "the 48 published while it was DISABLED arrived" 40 "${SUBS_GM[@]}"
+      subs_wait_delivered "the event answered 410 arrived again (its batch was never taken)" 10 "$SUBS_G0"
+      SUBS_DB3=$(subs_delivered_by b) SUBS_DC3=$(subs_delivered_by c)
+      assert_json "both instances deliver it again (delivered since the resume: b $((SUBS_DB3 - SUBS_DB2)), c $((SUBS_DC3 - SUBS_DC2)))" \
+        '.b3 > .b2 and .c3 > .c2' "{\"b2\": $SUBS_DB2, \"c2\": $SUBS_DC2, \"b3\": $SUBS_DB3, \"c3\": $SUBS_DC3}"
+      subs_get "$SUBS_GONE"
+      assert_eq "it is still ACTIVE after delivering them" SUBSCRIPTION_STATE_ACTIVE "$SUBS_ST"
+      subs_delete "$SUBS_GONE"
     fi
   fi
   for SUBS_TAG in "${!SUBS_D_PID[@]}"; do
