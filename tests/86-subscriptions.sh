@@ -55,12 +55,24 @@
 #      counts a delivery. UpdateSubscription paused=false makes it ACTIVE:
 #      the events published meanwhile (and the one answered 410) arrive, and
 #      both instances deliver again.
+#   Then with deploy's dispatch back:
+#   q. Dead letters: two subscriptions A and B of the same events, retry
+#      maxAttempts 2, every attempt answered 500: each one's ListDeadLetters
+#      holds exactly those events (the reason: gave up after 2 attempts of
+#      500), the records kept for both (same partition and offset, two rows),
+#      the processor's list (the default) none of them; delivery moves on (a
+#      later event arrives, the given-up batches are not attempted again).
+#      A redrive of A's letters delivers them again to A only (signed with
+#      A's secret), each once, and marks them redrivenAt after the 2xx; B's
+#      stay as they were; a second redrive finds them alreadyRedriven; the
+#      processor stored each event once. A redrive of B's letters that fails
+#      again: "redrive gave up", the request cleared, listed again.
 #   The area's wall time is printed and checked (at most 5 min, issue 14).
 #
 # Skipped (a SKIP line, no failure) while the deployment runs no dispatch
 # part: the Rust side of issue 14 may not have landed yet. Once dispatch runs,
 # every check runs (m-p need the plain deployment, which test-system.sh
-# always runs). Dead letters and Pull are not tested yet. Sourced by
+# always runs). Pull is not tested yet. Sourced by
 # test-system.sh (tests/lib.sh is loaded). Every name, source and event id
 # carries the run id. The receiver and this area's dispatch instances are
 # stopped and the subscriptions deleted on the way out, also when the run is
@@ -119,7 +131,7 @@ SUBS_SECRET=""
 # Every name this area may have created: deleted on the way out, since a
 # subscription left behind would go on retrying against a closed port.
 SUBS_NAMES=("$SUBS_NAME" "$SUBS_NAME-nodelivery" "$SUBS_NAME-toobig")
-for n in rot wait order rate seek fail kill split gone; do SUBS_NAMES+=("$SUBS_NAME-$n"); done
+for n in rot wait order rate seek fail kill split gone dla dlb; do SUBS_NAMES+=("$SUBS_NAME-$n"); done
 # This area's own dispatch instances (m-p), by tag: PID and ports.
 declare -A SUBS_D_PID=() SUBS_D_GRPC=() SUBS_D_HTTP=()
 # 1 while deploy's dispatch is stopped by this area.
@@ -1224,6 +1236,198 @@ if ((SUBS_OWN_DISPATCH)); then
   done
   check "./deploy.sh start dispatch (deploy's instance back)" ./deploy.sh start dispatch && SUBS_DISPATCH_STOPPED=0
   assert_eq "deploy's dispatch answers gRPC health on $SUBS_DISPATCH_ADDR" SERVING "$(grpc_health "$SUBS_DISPATCH_ADDR")"
+fi
+
+# ---------------------------------------------------------------- q. dead letters and redrive
+
+section "subscriptions q: dead letters of two subscriptions, a redrive to one of them"
+
+SUBS_DLA="$SUBS_NAME-dla"
+SUBS_DLB="$SUBS_NAME-dlb"
+# The processor's dead letters are looked at from a little before now on.
+SUBS_DL_SINCE=$(rfc3339 $(($(date +%s) - 5)))
+SUBS_DL_POLICY='.batch = {maxEvents: 10, maxWait: "0.5s"} | .retry = {minBackoff: "0.2s", maxBackoff: "0.5s", maxAttempts: 2}'
+mapfile -t SUBS_DL < <(subs_ids subdl 4)
+SUBS_DL_IDS=$(subs_jarr "${SUBS_DL[@]}")
+SUBS_DL_LATER="subdl-$SUBS_RUN-later"
+
+# subs_letters NAME [INCLUDE_REDRIVEN]: ListDeadLetters of subscription NAME
+# (every one: the subscription is this run's) into SUBS_LETTERS, sorted by
+# event id.
+SUBS_LETTERS="[]"
+subs_letters() {
+  SUBS_LETTERS="[]"
+  gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListDeadLetters" \
+    "$(jq -nc --arg n "$1" --argjson r "${2:-false}" '{filter: {subscription: $n, includeRedriven: $r}, pageSize: 1000}')" &&
+    SUBS_LETTERS=$(jq -c '.deadLetters | sort_by(.eventId)' <<<"$GC_OUT")
+}
+# subs_has_letters NAME: its list holds every one of the 4 (and maybe more).
+subs_has_letters() { subs_letters "$1" && jq -e --argjson ids "$SUBS_DL_IDS" '$ids - map(.eventId) == []' <<<"$SUBS_LETTERS" >/dev/null; }
+# subs_letters_brief: the letters on stdin, shown short.
+subs_letters_brief() { jq -c 'map({id, eventId, partition, offset, reason, redrivenAt, redriveRequestedAt})'; }
+# subs_delivered_to NAME ID...: every ID arrived in a 2xx request of NAME.
+subs_delivered_to() {
+  subs_log_of "$1" | jq -e '[.[] | select(.status >= 200 and .status < 300) | .event_ids[]] as $got
+    | $ARGS.positional - $got == []' --args "${@:2}" >/dev/null
+}
+# subs_stored: this section's events as the processor stored them (ListEvents
+# by source and type), {eventId, partition, offset} sorted.
+subs_stored() {
+  gcall "$QUERY_ADDR" tributary.v1.QueryService/ListEvents \
+    "$(jq -nc --arg s "$SUBS_SOURCE" '{filter: {source: $s, eventTypes: ["sub.dl"]}, pageSize: 1000}')" &&
+    jq -c '[.events[] | {eventId: .event.eventId, partition: (.partition // 0), offset: (.offset // 0 | tostring)}] | sort_by(.eventId)' <<<"$GC_OUT"
+}
+subs_all_stored() { SUBS_STORED=$(subs_stored) && [[ "$(jq length <<<"$SUBS_STORED")" -ge 5 ]]; }
+
+if subs_new "$SUBS_DLA" sub.dl "$SUBS_DL_POLICY" && SUBS_KA=$SUBS_NEW_SECRET &&
+  subs_new "$SUBS_DLB" sub.dl "$SUBS_DL_POLICY" && SUBS_KB=$SUBS_NEW_SECRET; then
+  subs_get "$SUBS_DLA"
+  assert_json "GetSubscription shows retry.maxAttempts 2" '.retry.maxAttempts == 2' "${GC_OUT:-null}"
+  subs_rx '{"fail": -1, "status": 500}' "every delivery answered 500 until changed"
+  SUBS_MARK=$(subs_log | jq length)
+  subs_publish sub.dl ud0 "${SUBS_DL[@]:0:2}"
+  subs_publish sub.dl ud1 "${SUBS_DL[@]:2:2}"
+
+  SUBS_T0=$SECONDS
+  if poll 30 subs_has_letters "$SUBS_DLA" && SUBS_LA=$SUBS_LETTERS && poll 10 subs_has_letters "$SUBS_DLB"; then
+    pass "both subscriptions' dead letters list the 4 (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "both subscriptions' dead letters list the 4 within 30 s" "$(subs_letters_brief <<<"$SUBS_LETTERS")" \
+      "$(grep -F "$SUBS_NAME-dl" /var/lib/tributary/logs/dispatch.log 2>/dev/null | tail -n 5)"
+  fi
+  subs_letters "$SUBS_DLA"
+  SUBS_LA=$SUBS_LETTERS
+  subs_letters "$SUBS_DLB"
+  SUBS_LB=$SUBS_LETTERS
+  # subs_dl_check TAG NAME LETTERS: the letters of subscription NAME.
+  subs_dl_check() {
+    assert_json "$1: ListDeadLetters {subscription: $2} holds exactly the 4, once each ($(jq -c 'map(.eventId)' <<<"$3"))" \
+      'map(.eventId) == ($ids | sort)' "$3" --argjson ids "$SUBS_DL_IDS"
+    assert_json "$1: each names the subscription, tributary.events, sub.dl, neither redriven nor asked to be; the reason says it gave up after 2 attempts of 500 ($(jq -c 'map(.reason) | unique' <<<"$3"))" '
+      length == 4 and all(.[]; .subscription == $n and .topic == "tributary.events" and .eventType == "sub.dl"
+        and (.reason | startswith("delivery gave up:") and test("\\b500\\b") and test("after 2 attempts"))
+        and .redrivenAt == null and .redriveRequestedAt == null)' "$3" --arg n "$2"
+    assert_json "$1: every batch was attempted exactly maxAttempts 2 times, each answered 500, carrying only the 4 (attempts per webhook-id: $(subs_log_of "$2" | jq -c 'group_by(.webhook_id) | map(length)'))" '
+      length > 0 and all(.[]; .status == 500) and (group_by(.webhook_id) | all(.[]; length == 2))
+      and ([.[] | .event_ids[]] | unique) == ($ids | sort)' "$(subs_log_of "$2")" --argjson ids "$SUBS_DL_IDS"
+  }
+  subs_dl_check A "$SUBS_DLA" "$SUBS_LA"
+  subs_dl_check B "$SUBS_DLB" "$SUBS_LB"
+  assert_json "the same records are dead letters of both: the same (partition, offset) for each event, two rows apart" '
+    ($a | map({eventId, partition, offset})) == ($b | map({eventId, partition, offset}))
+    and ($a | length) == 4 and (($a | map(.id)) - ($b | map(.id))) == ($a | map(.id))' \
+    "null" --argjson a "$SUBS_LA" --argjson b "$SUBS_LB"
+  if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListDeadLetters" \
+    "$(jq -nc --arg t "$SUBS_DL_SINCE" '{filter: {includeRedriven: true, firstSeenAfter: $t}, pageSize: 1000}')"; then
+    assert_json "the default ListDeadLetters (the processor's, since $SUBS_DL_SINCE: $(jq '.deadLetters | length' <<<"$GC_OUT") letters) holds none of them, no subscription's letter at all" \
+      '[.deadLetters[] | select((.eventId | IN($ids[])) or .subscription != "")] == []' "$GC_OUT" --argjson ids "$SUBS_DL_IDS"
+  else
+    fail "the default ListDeadLetters (the processor's)" "grpcurl exit $GC_RC" "$GC_ERR"
+  fi
+  SUBS_N=$(subs_metric_sum tributary_subscription_events_total "subscription=\"$SUBS_DLA\"" 'result="dead_lettered"' || echo 0)
+  assert_json "dispatch counts them: tributary_subscription_events_total{subscription=A, result=\"dead_lettered\"} $SUBS_N" '. == 4' "$SUBS_N"
+
+  # Delivery moved on: a later event of the same user arrives, and the
+  # batches given up on are not attempted again.
+  subs_rx '{"fail": 0}' "deliveries answered 200 again"
+  SUBS_MARK=$(subs_log | jq length)
+  subs_publish sub.dl ud0 "$SUBS_DL_LATER"
+  SUBS_T0=$SECONDS
+  if poll 20 subs_delivered_to "$SUBS_DLA" "$SUBS_DL_LATER" && poll 10 subs_delivered_to "$SUBS_DLB" "$SUBS_DL_LATER"; then
+    pass "delivery moved on: a later event of the same user arrived for A and for B (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "delivery moved on: a later event of the same user arrived for A and for B within 20 s" \
+      "$(subs_log | jq -c --argjson m "$SUBS_MARK" '.[$m:][] | {time, subscription, status, event_ids}')"
+  fi
+  assert_json "since then, only the later event arrived (the 4 were not attempted again): $(subs_log | jq -c --argjson m "$SUBS_MARK" '[.[$m:][] | {subscription, status, event_ids}]')" \
+    '[.[$m:][] | .event_ids[]] | unique == [$l]' "$(subs_log)" --argjson m "$SUBS_MARK" --arg l "$SUBS_DL_LATER"
+  if poll 20 subs_all_stored; then
+    pass "the processor stored the 5 events"
+  else
+    fail "the processor stored the 5 events within 20 s" "$SUBS_STORED" "$GC_ERR"
+  fi
+  SUBS_STORED_BEFORE=$SUBS_STORED
+  assert_json "it stored each once, at the partition and offset the dead letters name ($(jq -c 'map("\(.partition)/\(.offset)")' <<<"$SUBS_STORED"))" \
+    'map(.eventId) == ($ids + [$l] | sort) and ([.[] | select(.eventId != $l)] == ($a | map({eventId, partition, offset})))' \
+    "$SUBS_STORED" --argjson ids "$SUBS_DL_IDS" --arg l "$SUBS_DL_LATER" --argjson a "$SUBS_LA"
+
+  # The redrive of A's letters (by filter).
+  SUBS_A_IDS=$(jq -c 'map(.id) | sort' <<<"$SUBS_LA")
+  SUBS_MARK=$(subs_log | jq length)
+  SUBS_T0=$SECONDS
+  if expect_ok "RedriveDeadLetters {filter: {subscription: A}}" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/RedriveDeadLetters" \
+    "$(jq -nc --arg n "$SUBS_DLA" '{filter: {subscription: $n}}')"; then
+    assert_json "it queued exactly A's 4 letters ($(jq -c . <<<"$GC_OUT"))" \
+      '(.redrivenIds | sort) == $a and .alreadyRedrivenIds == []' "$GC_OUT" --argjson a "$SUBS_A_IDS"
+  fi
+  subs_a_redriven() { subs_letters "$SUBS_DLA" true && jq -e 'length == 4 and all(.[]; .redrivenAt != null)' <<<"$SUBS_LETTERS" >/dev/null; }
+  if poll 20 subs_a_redriven; then
+    pass "A's 4 letters carry redrivenAt (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "A's 4 letters carry redrivenAt within 20 s" "$(subs_letters_brief <<<"$SUBS_LETTERS")" \
+      "$(grep -F "$SUBS_DLA" /var/lib/tributary/logs/dispatch.log 2>/dev/null | tail -n 5)"
+  fi
+  SUBS_LA2=$SUBS_LETTERS
+  # Time enough for a second delivery, were they queued again or
+  # re-published to the topic (which A and B both read).
+  sleep 4
+  SUBS_RD=$(subs_log | jq -c --argjson m "$SUBS_MARK" '.[$m:]')
+  SUBS_RDA=$(jq -c --arg n "$SUBS_DLA" 'map(select(.subscription == $n))' <<<"$SUBS_RD")
+  assert_json "the 4 arrived again for A, each exactly once, in requests answered 200 whose body names A ($(jq -c 'map({subscription, status, event_ids})' <<<"$SUBS_RDA"))" '
+    length > 0 and all(.[]; .status == 200 and (.body | fromjson | .subscription) == $n)
+    and ([.[] | .event_ids[]] | sort) == ($ids | sort)' "$SUBS_RDA" --arg n "$SUBS_DLA" --argjson ids "$SUBS_DL_IDS"
+  SUBS_VR=$(KA=$SUBS_KA KB=$SUBS_KB subs_verify KA KB OTHER <<<"$SUBS_RDA")
+  assert_json "they verify with A's secret, not with B's nor another ($SUBS_VR)" \
+    '.requests > 0 and .KA == .requests and .KB == 0 and .OTHER == 0' "$SUBS_VR"
+  assert_json "nothing reached the receiver for B or anyone else since the redrive ($(jq -c 'map({subscription, status, event_ids})' <<<"$SUBS_RD"))" \
+    'all(.[]; .subscription == $n)' "$SUBS_RD" --arg n "$SUBS_DLA"
+  assert_json "A's letters were marked after the endpoint's 2xx: redrivenAt after the request arrived ($(jq -c 'map(.redrivenAt)' <<<"$SUBS_LA2"))" "$JQ_DEFS"'
+    ($rd | map(.time) | min) as $at | length == 4 and all(.[]; .redrivenAt != null and (.redrivenAt | ts) / 1000000 >= $at)' \
+    "$SUBS_LA2" --argjson rd "$SUBS_RDA"
+  subs_letters "$SUBS_DLB"
+  assert_json "B's 4 letters are still listed (by default: neither redriven nor asked to be), unchanged" \
+    '. == $b' "$SUBS_LETTERS" --argjson b "$SUBS_LB"
+  if expect_ok "RedriveDeadLetters of A's letters again, by ids" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/RedriveDeadLetters" \
+    "$(jq -nc --argjson a "$SUBS_A_IDS" '{ids: {ids: $a}}')"; then
+    assert_json "all 4 come back in alreadyRedrivenIds, none in redrivenIds ($(jq -c . <<<"$GC_OUT"))" \
+      '(.alreadyRedrivenIds | sort) == $a and .redrivenIds == []' "$GC_OUT" --argjson a "$SUBS_A_IDS"
+  fi
+  if SUBS_STORED=$(subs_stored); then
+    assert_json "the processor still holds each of the 5 once, as before (ListEvents by source and type: $(jq length <<<"$SUBS_STORED"))" \
+      '. == $before' "$SUBS_STORED" --argjson before "$SUBS_STORED_BEFORE"
+  else
+    fail "ListEvents by source and type after the redrive" "grpcurl exit $GC_RC" "$GC_ERR"
+  fi
+
+  # A redrive that fails again: B's letters while every delivery is
+  # answered 500.
+  subs_rx '{"fail": -1, "status": 500}' "every delivery answered 500 until changed"
+  SUBS_B_IDS=$(jq -c 'map(.id) | sort' <<<"$SUBS_LB")
+  SUBS_MARK=$(subs_log | jq length)
+  SUBS_T0=$SECONDS
+  if expect_ok "RedriveDeadLetters of B's letters, by ids" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/RedriveDeadLetters" \
+    "$(jq -nc --argjson b "$SUBS_B_IDS" '{ids: {ids: $b}}')"; then
+    assert_json "it queued B's 4 letters" '(.redrivenIds | sort) == $b and .alreadyRedrivenIds == []' "$GC_OUT" --argjson b "$SUBS_B_IDS"
+  fi
+  subs_b_gave_up() { subs_letters "$SUBS_DLB" true && jq -e 'length == 4 and all(.[]; .reason | startswith("redrive gave up"))' <<<"$SUBS_LETTERS" >/dev/null; }
+  if poll 20 subs_b_gave_up; then
+    pass "the redrive gave up on B's 4 (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "the redrive gave up on B's 4 within 20 s" "$(subs_letters_brief <<<"$SUBS_LETTERS")"
+  fi
+  assert_json "B's letters: reason \"redrive gave up: ...500... (after 2 attempts)\", redriveRequestedAt cleared, not redriven ($(jq -c 'map(.reason) | unique' <<<"$SUBS_LETTERS"))" '
+    length == 4 and all(.[]; (.reason | startswith("redrive gave up") and test("\\b500\\b") and test("after 2 attempts"))
+      and .redriveRequestedAt == null and .redrivenAt == null)' "$SUBS_LETTERS"
+  SUBS_RD=$(subs_log | jq -c --argjson m "$SUBS_MARK" '.[$m:]')
+  assert_json "the attempts: only B's, 2 per batch, answered 500, carrying the 4 ($(jq -c 'map({subscription, status, event_ids})' <<<"$SUBS_RD"))" '
+    length > 0 and all(.[]; .subscription == $n and .status == 500) and (group_by(.webhook_id) | all(.[]; length == 2))
+    and ([.[] | .event_ids[]] | unique) == ($ids | sort)' "$SUBS_RD" --arg n "$SUBS_DLB" --argjson ids "$SUBS_DL_IDS"
+  subs_rx '{"fail": 0}' "no more failures"
+  subs_letters "$SUBS_DLB"
+  assert_json "B's 4 are listed by default again (they can be redriven once more)" \
+    'map(.id) | sort == $b' "$SUBS_LETTERS" --argjson b "$SUBS_B_IDS"
+  subs_delete "$SUBS_DLA"
+  subs_delete "$SUBS_DLB"
 fi
 
 SUBS_TOOK=$((SECONDS - SUBS_STARTED))
