@@ -51,10 +51,11 @@
 #   p. 410 Gone with two instances both delivering one subscription: it is
 #      DISABLED at once and stays so (GetSubscription polled every 0.5 s for
 #      6 s) while 48 more events for the partitions of both are published;
-#      no request reaches the receiver after the 410 and neither instance
-#      counts a delivery. UpdateSubscription paused=false makes it ACTIVE:
-#      the events published meanwhile (and the one answered 410) arrive;
-#      once both are members again, both deliver new events.
+#      no request reaches the receiver after the 410, neither instance
+#      counts a delivery, both say disabled in tributary_subscription_state.
+#      UpdateSubscription paused=false makes it ACTIVE: the events published
+#      meanwhile (and the one answered 410) arrive; once both are members
+#      again, both deliver new events.
 #   Then with deploy's dispatch back:
 #   q. Dead letters: two subscriptions A and B of the same events, retry
 #      maxAttempts 2, every attempt answered 500: each one's ListDeadLetters
@@ -1211,6 +1212,24 @@ if ((SUBS_OWN_DISPATCH)); then
       SUBS_DB2=$(subs_delivered_by b) SUBS_DC2=$(subs_delivered_by c)
       assert_json "neither instance counted a delivery while DISABLED (delivered: b $SUBS_DB -> $SUBS_DB2, c $SUBS_DC -> $SUBS_DC2)" \
         '.b == .b2 and .c == .c2' "{\"b\": $SUBS_DB, \"c\": $SUBS_DC, \"b2\": $SUBS_DB2, \"c2\": $SUBS_DC2}"
+      # subs_both_disabled: each instance's tributary_subscription_state says
+      # disabled (1) and not active (0); SUBS_GS shows what they say.
+      subs_both_disabled() {
+        local t d a ok=0
+        SUBS_GS=""
+        for t in b c; do
+          d=$(subs_d_metrics "$t" tributary_subscription_state "subscription=\"$SUBS_GONE\"" 'state="disabled"' || echo none)
+          a=$(subs_d_metrics "$t" tributary_subscription_state "subscription=\"$SUBS_GONE\"" 'state="active"' || echo none)
+          SUBS_GS+="$t: disabled $d, active $a; "
+          [[ "$d" == 1 && "$a" == 0 ]] || ok=1
+        done
+        return "$ok"
+      }
+      if poll 10 subs_both_disabled; then
+        pass "both instances' tributary_subscription_state say disabled, not active (${SUBS_GS%; })"
+      else
+        fail "both instances' tributary_subscription_state say disabled, not active (within 10 s)" "${SUBS_GS%; }"
+      fi
 
       if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/UpdateSubscription" \
         "$(jq -nc --arg n "$SUBS_GONE" '{subscription: {name: $n, paused: false}, updateMask: {paths: ["paused"]}}')"; then
@@ -1405,6 +1424,9 @@ if subs_new "$SUBS_DLA" sub.dl "$SUBS_DL_POLICY" && SUBS_KA=$SUBS_NEW_SECRET &&
     assert_json "all 4 come back in alreadyRedrivenIds, none in redrivenIds ($(jq -c . <<<"$GC_OUT"))" \
       '(.alreadyRedrivenIds | sort) == $a and .redrivenIds == []' "$GC_OUT" --argjson a "$SUBS_A_IDS"
   fi
+  # (The table keeps an event id once whatever comes: that nothing was
+  # re-published to the topic shows above, B reads it and got nothing, A
+  # got each once.)
   if SUBS_STORED=$(subs_stored); then
     assert_json "the processor still holds each of the 5 once, as before (ListEvents by source and type: $(jq length <<<"$SUBS_STORED"))" \
       '. == $before' "$SUBS_STORED" --argjson before "$SUBS_STORED_BEFORE"
