@@ -48,12 +48,32 @@
 #      again.
 #   o. Two instances split the work: the group has two members, both count
 #      delivered events in their /metrics, together everything arrived.
+#   p. 410 Gone with two instances both delivering one subscription: it is
+#      DISABLED at once and stays so (GetSubscription polled every 0.5 s for
+#      6 s) while 48 more events for the partitions of both are published;
+#      no request reaches the receiver after the 410, neither instance
+#      counts a delivery, both say disabled in tributary_subscription_state.
+#      UpdateSubscription paused=false makes it ACTIVE: the events published
+#      meanwhile (and the one answered 410) arrive; once both are members
+#      again, both deliver new events.
+#   Then with deploy's dispatch back:
+#   q. Dead letters: two subscriptions A and B of the same events, retry
+#      maxAttempts 2, every attempt answered 500: each one's ListDeadLetters
+#      holds exactly those events (the reason: gave up after 2 attempts of
+#      500), the records kept for both (same partition and offset, two rows),
+#      the processor's list (the default) none of them; delivery moves on (a
+#      later event arrives, the given-up batches are not attempted again).
+#      A redrive of A's letters delivers them again to A only (signed with
+#      A's secret), each once, and marks them redrivenAt after the 2xx; B's
+#      stay as they were; a second redrive finds them alreadyRedriven; the
+#      processor stored each event once. A redrive of B's letters that fails
+#      again: "redrive gave up", the request cleared, listed again.
 #   The area's wall time is printed and checked (at most 5 min, issue 14).
 #
 # Skipped (a SKIP line, no failure) while the deployment runs no dispatch
 # part: the Rust side of issue 14 may not have landed yet. Once dispatch runs,
-# every check runs (m-o need the plain deployment, which test-system.sh
-# always runs). Dead letters and Pull are not tested yet. Sourced by
+# every check runs (m-p need the plain deployment, which test-system.sh
+# always runs). Pull is not tested yet. Sourced by
 # test-system.sh (tests/lib.sh is loaded). Every name, source and event id
 # carries the run id. The receiver and this area's dispatch instances are
 # stopped and the subscriptions deleted on the way out, also when the run is
@@ -112,8 +132,8 @@ SUBS_SECRET=""
 # Every name this area may have created: deleted on the way out, since a
 # subscription left behind would go on retrying against a closed port.
 SUBS_NAMES=("$SUBS_NAME" "$SUBS_NAME-nodelivery" "$SUBS_NAME-toobig")
-for n in rot wait order rate seek fail kill split; do SUBS_NAMES+=("$SUBS_NAME-$n"); done
-# This area's own dispatch instances (m-o), by tag: PID and ports.
+for n in rot wait order rate seek fail kill split gone dla dlb; do SUBS_NAMES+=("$SUBS_NAME-$n"); done
+# This area's own dispatch instances (m-p), by tag: PID and ports.
 declare -A SUBS_D_PID=() SUBS_D_GRPC=() SUBS_D_HTTP=()
 # 1 while deploy's dispatch is stopped by this area.
 SUBS_DISPATCH_STOPPED=0
@@ -955,7 +975,7 @@ subs_d_metrics() {
 
 SUBS_OWN_DISPATCH=1
 if grep -qx 'CFG_SECURE=1' "$TB_STATE_DIR/deploy.env" 2>/dev/null; then
-  printf 'SKIP  subscriptions m-o: the deployment runs --secure; this area starts dispatch instances of its own only on the plain one\n'
+  printf 'SKIP  subscriptions m-p: the deployment runs --secure; this area starts dispatch instances of its own only on the plain one\n'
   SUBS_OWN_DISPATCH=0
 fi
 
@@ -1081,6 +1101,11 @@ if ((SUBS_OWN_DISPATCH)); then
     section "subscriptions o: two dispatch instances split the work"
 
     SUBS_SPLIT="$SUBS_NAME-split"
+    # subs_two_members NAME: its consumer group has two members, Stable.
+    subs_two_members() {
+      gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListConsumerGroups" '{}' &&
+        jq -e --arg g "tributary.sub.$1" '[.groups[] | select(.group == $g and .memberCount == 2 and .state == "Stable")] | length == 1' <<<"$GC_OUT" >/dev/null
+    }
     # (Instance a is gone unless n was cut short: then it goes now.)
     subs_dispatch_stop a TERM
     SUBS_PARTS=$(gc -max-time 10 -d '{"name": "tributary.events"}' "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/DescribeTopic" 2>&1 | jq -r '.partitionCount // 0' 2>/dev/null)
@@ -1088,11 +1113,7 @@ if ((SUBS_OWN_DISPATCH)); then
     if [[ -n "${SUBS_D_PID[b]:-}" ]] || subs_dispatch_start b; then
       subs_dispatch_start c
       if subs_new "$SUBS_SPLIT" sub.split '.batch = {maxEvents: 10, maxWait: "0.5s"}'; then
-        subs_two_members() {
-          gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListConsumerGroups" '{}' &&
-            jq -e --arg g "tributary.sub.$SUBS_SPLIT" '[.groups[] | select(.group == $g and .memberCount == 2 and .state == "Stable")] | length == 1' <<<"$GC_OUT" >/dev/null
-        }
-        if poll 30 subs_two_members; then
+        if poll 30 subs_two_members "$SUBS_SPLIT"; then
           pass "its consumer group has two members, Stable"
         else
           fail "its consumer group has two members, Stable (within 30 s)" \
@@ -1111,12 +1132,337 @@ if ((SUBS_OWN_DISPATCH)); then
         subs_delete "$SUBS_SPLIT"
       fi
     fi
+
+    # ------------------------------------------------------------ p. 410 with two replicas
+
+    section "subscriptions p: 410 Gone disables it on both instances; resumed, it delivers again"
+
+    SUBS_GONE="$SUBS_NAME-gone"
+    subs_instance_up() { [[ -n "${SUBS_D_PID[$1]:-}" ]] && kill -0 "${SUBS_D_PID[$1]}" 2>/dev/null; }
+    # subs_state_is NAME STATE: GetSubscription says SUBSCRIPTION_STATE_<STATE>.
+    subs_state_is() { subs_get "$1" && [[ "$SUBS_ST" == "SUBSCRIPTION_STATE_$2" ]]; }
+    # subs_gone_batch PREFIX: 24 events of sub.gone, one per user uy0..uy23
+    # (their keys spread over the partitions of both instances).
+    subs_gone_batch() {
+      jq -nc --arg s "$SUBS_SOURCE" --arg p "$1-$SUBS_RUN" '{events: [range(24) as $i
+        | {eventId: "\($p)-\($i)", eventType: "sub.gone", source: $s, userId: "uy\($i)", payload: {n: $i}}]}'
+    }
+    subs_delivered_by() { subs_d_metrics "$1" tributary_subscription_events_total "subscription=\"$SUBS_GONE\"" 'result="delivered"' || echo 0; }
+    if { subs_instance_up b || subs_dispatch_start b; } && { subs_instance_up c || subs_dispatch_start c; } &&
+      subs_new "$SUBS_GONE" sub.gone '.batch = {maxEvents: 10, maxWait: "0.5s"}'; then
+      if poll 30 subs_two_members "$SUBS_GONE"; then
+        pass "its consumer group has two members (b and c), Stable"
+      else
+        fail "its consumer group has two members (b and c), Stable (within 30 s)" \
+          "$(jq -c --arg g "tributary.sub.$SUBS_GONE" '[.groups[]? | select(.group == $g)]' <<<"$GC_OUT" 2>&1)"
+      fi
+      SUBS_BATCH=$(subs_gone_batch subgw)
+      mapfile -t SUBS_GW < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH")
+      subs_publish_json "$SUBS_BATCH" 24
+      subs_wait_delivered "all 24 arrived" 30 "${SUBS_GW[@]}"
+      SUBS_DB=$(subs_delivered_by b) SUBS_DC=$(subs_delivered_by c)
+      assert_json "both instances deliver it: tributary_subscription_events_total{result=\"delivered\"} b $SUBS_DB, c $SUBS_DC" \
+        '.b > 0 and .c > 0' "{\"b\": $SUBS_DB, \"c\": $SUBS_DC}"
+
+      subs_rx '{"fail": 1, "status": 410}' "the next delivery answered 410 Gone"
+      SUBS_G0="subgx-$SUBS_RUN-00"
+      subs_publish sub.gone uy0 "$SUBS_G0"
+      if poll 20 subs_state_is "$SUBS_GONE" DISABLED; then
+        pass "after a 410 GetSubscription says DISABLED"
+        assert_json "its lastError says 410 Gone" '.lastError | test("410")' "$GC_OUT"
+      else
+        fail "after a 410 GetSubscription says DISABLED (within 20 s)" "state: $SUBS_ST" "$GC_OUT"
+      fi
+      SUBS_G410=$(subs_log_of "$SUBS_GONE" | jq -r '[.[] | select(.status == 410)][0].time // 0')
+      SUBS_GB=$(subs_d_metrics b tributary_subscription_deliveries_total "subscription=\"$SUBS_GONE\"" 'code="4xx"' || echo 0)
+      SUBS_GC=$(subs_d_metrics c tributary_subscription_deliveries_total "subscription=\"$SUBS_GONE\"" 'code="4xx"' || echo 0)
+      assert_json "one instance met the 410 (4xx answers counted: b $SUBS_GB, c $SUBS_GC): the other one was delivering too" \
+        '.b + .c == 1' "{\"b\": $SUBS_GB, \"c\": $SUBS_GC}"
+      # From now on a request would be answered 200 (and so seen to arrive).
+      # 48 more events, for all 24 users (the partitions of both instances),
+      # in two PublishBatches 3 s apart, GetSubscription polled every 0.5 s
+      # for 6 s.
+      subs_rx '{"fail": 0}' "deliveries answered 200 again"
+      SUBS_BATCH=$(subs_gone_batch subgm1)
+      SUBS_BATCH2=$(subs_gone_batch subgm2)
+      mapfile -t SUBS_GM < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH"; jq -r '.events[].eventId' <<<"$SUBS_BATCH2")
+      SUBS_STATES=()
+      SUBS_T0=${EPOCHREALTIME/./}
+      subs_publish_json "$SUBS_BATCH" 24
+      SUBS_SECOND=0
+      SUBS_POLLED=()
+      while ((${EPOCHREALTIME/./} - SUBS_T0 < 6000000)); do
+        subs_get "$SUBS_GONE"
+        SUBS_STATES+=("${SUBS_ST:-error}")
+        SUBS_POLLED+=("${EPOCHREALTIME/./}")
+        if ((!SUBS_SECOND && ${EPOCHREALTIME/./} - SUBS_T0 >= 3000000)); then
+          subs_publish_json "$SUBS_BATCH2" 24
+          SUBS_SECOND=1
+        fi
+        sleep 0.5
+      done
+      SUBS_SEEN=$(subs_jarr "${SUBS_STATES[@]}" | jq -r 'group_by(.) | map("\(.[0] | ltrimstr("SUBSCRIPTION_STATE_")) x\(length)") | join(", ")')
+      SUBS_SPAN=$(((SUBS_POLLED[-1] - SUBS_POLLED[0]) / 100000))
+      assert_json "GetSubscription said DISABLED each of the ${#SUBS_STATES[@]} times it was asked over $((SUBS_SPAN / 10)).$((SUBS_SPAN % 10)) s (>= 5 s) while 48 more events were published ($SUBS_SEEN)" \
+        '.span >= 50 and (.states | length) >= 6 and all(.states[]; . == "SUBSCRIPTION_STATE_DISABLED")' \
+        "$(jq -nc --argjson s "$(subs_jarr "${SUBS_STATES[@]}")" --argjson n "$SUBS_SPAN" '{states: $s, span: $n}')"
+      assert_json "exactly one request was answered 410 and no request reached the receiver after it in those 6 s (statuses from the 410 on: $(subs_log_of "$SUBS_GONE" | jq -c --argjson g "$SUBS_G410" '[.[] | select(.time >= $g) | .status]'))" \
+        '([.[] | select(.status == 410)] | length) == 1 and ([.[] | select(.time > $g)] | length) == 0' \
+        "$(subs_log_of "$SUBS_GONE")" --argjson g "$SUBS_G410"
+      SUBS_DB2=$(subs_delivered_by b) SUBS_DC2=$(subs_delivered_by c)
+      assert_json "neither instance counted a delivery while DISABLED (delivered: b $SUBS_DB -> $SUBS_DB2, c $SUBS_DC -> $SUBS_DC2)" \
+        '.b == .b2 and .c == .c2' "{\"b\": $SUBS_DB, \"c\": $SUBS_DC, \"b2\": $SUBS_DB2, \"c2\": $SUBS_DC2}"
+      # subs_both_disabled: each instance's tributary_subscription_state says
+      # disabled (1) and not active (0); SUBS_GS shows what they say.
+      subs_both_disabled() {
+        local t d a ok=0
+        SUBS_GS=""
+        for t in b c; do
+          d=$(subs_d_metrics "$t" tributary_subscription_state "subscription=\"$SUBS_GONE\"" 'state="disabled"' || echo none)
+          a=$(subs_d_metrics "$t" tributary_subscription_state "subscription=\"$SUBS_GONE\"" 'state="active"' || echo none)
+          SUBS_GS+="$t: disabled $d, active $a; "
+          [[ "$d" == 1 && "$a" == 0 ]] || ok=1
+        done
+        return "$ok"
+      }
+      if poll 10 subs_both_disabled; then
+        pass "both instances' tributary_subscription_state say disabled, not active (${SUBS_GS%; })"
+      else
+        fail "both instances' tributary_subscription_state say disabled, not active (within 10 s)" "${SUBS_GS%; }"
+      fi
+
+      if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/UpdateSubscription" \
+        "$(jq -nc --arg n "$SUBS_GONE" '{subscription: {name: $n, paused: false}, updateMask: {paths: ["paused"]}}')"; then
+        pass "UpdateSubscription paused=false (updateMask paused) of the DISABLED subscription"
+        assert_json "the update answers ACTIVE" '.subscription.state == "SUBSCRIPTION_STATE_ACTIVE" and .subscription.paused == false' "$GC_OUT"
+      else
+        fail "UpdateSubscription paused=false (updateMask paused) of the DISABLED subscription" "grpcurl exit $GC_RC" "$GC_ERR"
+      fi
+      subs_get "$SUBS_GONE"
+      assert_eq "GetSubscription says ACTIVE" SUBSCRIPTION_STATE_ACTIVE "$SUBS_ST"
+      subs_wait_delivered "the 48 published while it was DISABLED arrived" 40 "${SUBS_GM[@]}"
+      subs_wait_delivered "the event answered 410 arrived again (its batch was never taken)" 10 "$SUBS_G0"
+      # (The instance whose worker starts first may take the whole backlog
+      # before the other joins the group: both are asked for new events.)
+      if poll 30 subs_two_members "$SUBS_GONE"; then
+        pass "its consumer group has two members again, Stable"
+      else
+        fail "its consumer group has two members again, Stable (within 30 s)" \
+          "$(jq -c --arg g "tributary.sub.$SUBS_GONE" '[.groups[]? | select(.group == $g)]' <<<"$GC_OUT" 2>&1)"
+      fi
+      SUBS_DB2=$(subs_delivered_by b) SUBS_DC2=$(subs_delivered_by c)
+      SUBS_BATCH=$(subs_gone_batch subgr)
+      mapfile -t SUBS_GR < <(jq -r '.events[].eventId' <<<"$SUBS_BATCH")
+      subs_publish_json "$SUBS_BATCH" 24
+      subs_wait_delivered "24 more arrived" 30 "${SUBS_GR[@]}"
+      SUBS_DB3=$(subs_delivered_by b) SUBS_DC3=$(subs_delivered_by c)
+      assert_json "both instances deliver it again (delivered of those: b $((SUBS_DB3 - SUBS_DB2)), c $((SUBS_DC3 - SUBS_DC2)))" \
+        '.b3 > .b2 and .c3 > .c2' "{\"b2\": $SUBS_DB2, \"c2\": $SUBS_DC2, \"b3\": $SUBS_DB3, \"c3\": $SUBS_DC3}"
+      subs_get "$SUBS_GONE"
+      assert_eq "it is still ACTIVE after delivering them" SUBSCRIPTION_STATE_ACTIVE "$SUBS_ST"
+      subs_delete "$SUBS_GONE"
+    fi
   fi
   for SUBS_TAG in "${!SUBS_D_PID[@]}"; do
     subs_dispatch_stop "$SUBS_TAG" TERM
   done
   check "./deploy.sh start dispatch (deploy's instance back)" ./deploy.sh start dispatch && SUBS_DISPATCH_STOPPED=0
   assert_eq "deploy's dispatch answers gRPC health on $SUBS_DISPATCH_ADDR" SERVING "$(grpc_health "$SUBS_DISPATCH_ADDR")"
+fi
+
+# ---------------------------------------------------------------- q. dead letters and redrive
+
+section "subscriptions q: dead letters of two subscriptions, a redrive to one of them"
+
+SUBS_DLA="$SUBS_NAME-dla"
+SUBS_DLB="$SUBS_NAME-dlb"
+# The processor's dead letters are looked at from a little before now on.
+SUBS_DL_SINCE=$(rfc3339 $(($(date +%s) - 5)))
+SUBS_DL_POLICY='.batch = {maxEvents: 10, maxWait: "0.5s"} | .retry = {minBackoff: "0.2s", maxBackoff: "0.5s", maxAttempts: 2}'
+mapfile -t SUBS_DL < <(subs_ids subdl 4)
+SUBS_DL_IDS=$(subs_jarr "${SUBS_DL[@]}")
+SUBS_DL_LATER="subdl-$SUBS_RUN-later"
+
+# subs_letters NAME [INCLUDE_REDRIVEN]: ListDeadLetters of subscription NAME
+# (every one: the subscription is this run's) into SUBS_LETTERS, sorted by
+# event id.
+SUBS_LETTERS="[]"
+subs_letters() {
+  SUBS_LETTERS="[]"
+  gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListDeadLetters" \
+    "$(jq -nc --arg n "$1" --argjson r "${2:-false}" '{filter: {subscription: $n, includeRedriven: $r}, pageSize: 1000}')" &&
+    SUBS_LETTERS=$(jq -c '.deadLetters | sort_by(.eventId)' <<<"$GC_OUT")
+}
+# subs_has_letters NAME: its list holds every one of the 4 (and maybe more).
+subs_has_letters() { subs_letters "$1" && jq -e --argjson ids "$SUBS_DL_IDS" '$ids - map(.eventId) == []' <<<"$SUBS_LETTERS" >/dev/null; }
+# subs_letters_brief: the letters on stdin, shown short.
+subs_letters_brief() { jq -c 'map({id, eventId, partition, offset, reason, redrivenAt, redriveRequestedAt})'; }
+# subs_delivered_to NAME ID...: every ID arrived in a 2xx request of NAME.
+subs_delivered_to() {
+  subs_log_of "$1" | jq -e '[.[] | select(.status >= 200 and .status < 300) | .event_ids[]] as $got
+    | $ARGS.positional - $got == []' --args "${@:2}" >/dev/null
+}
+# subs_stored: this section's events as the processor stored them (ListEvents
+# by source and type), {eventId, partition, offset} sorted.
+subs_stored() {
+  gcall "$QUERY_ADDR" tributary.v1.QueryService/ListEvents \
+    "$(jq -nc --arg s "$SUBS_SOURCE" '{filter: {source: $s, eventTypes: ["sub.dl"]}, pageSize: 1000}')" &&
+    jq -c '[.events[] | {eventId: .event.eventId, partition: (.partition // 0), offset: (.offset // 0 | tostring)}] | sort_by(.eventId)' <<<"$GC_OUT"
+}
+subs_all_stored() { SUBS_STORED=$(subs_stored) && [[ "$(jq length <<<"$SUBS_STORED")" -ge 5 ]]; }
+
+if subs_new "$SUBS_DLA" sub.dl "$SUBS_DL_POLICY" && SUBS_KA=$SUBS_NEW_SECRET &&
+  subs_new "$SUBS_DLB" sub.dl "$SUBS_DL_POLICY" && SUBS_KB=$SUBS_NEW_SECRET; then
+  subs_get "$SUBS_DLA"
+  assert_json "GetSubscription shows retry.maxAttempts 2" '.retry.maxAttempts == 2' "${GC_OUT:-null}"
+  subs_rx '{"fail": -1, "status": 500}' "every delivery answered 500 until changed"
+  SUBS_MARK=$(subs_log | jq length)
+  subs_publish sub.dl ud0 "${SUBS_DL[@]:0:2}"
+  subs_publish sub.dl ud1 "${SUBS_DL[@]:2:2}"
+
+  SUBS_T0=$SECONDS
+  if poll 30 subs_has_letters "$SUBS_DLA" && SUBS_LA=$SUBS_LETTERS && poll 10 subs_has_letters "$SUBS_DLB"; then
+    pass "both subscriptions' dead letters list the 4 (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "both subscriptions' dead letters list the 4 within 30 s" "$(subs_letters_brief <<<"$SUBS_LETTERS")" \
+      "$(grep -F "$SUBS_NAME-dl" /var/lib/tributary/logs/dispatch.log 2>/dev/null | tail -n 5)"
+  fi
+  subs_letters "$SUBS_DLA"
+  SUBS_LA=$SUBS_LETTERS
+  subs_letters "$SUBS_DLB"
+  SUBS_LB=$SUBS_LETTERS
+  # subs_dl_check TAG NAME LETTERS: the letters of subscription NAME.
+  subs_dl_check() {
+    assert_json "$1: ListDeadLetters {subscription: $2} holds exactly the 4, once each ($(jq -c 'map(.eventId)' <<<"$3"))" \
+      'map(.eventId) == ($ids | sort)' "$3" --argjson ids "$SUBS_DL_IDS"
+    assert_json "$1: each names the subscription, tributary.events, sub.dl, neither redriven nor asked to be; the reason says it gave up after 2 attempts of 500 ($(jq -c 'map(.reason) | unique' <<<"$3"))" '
+      length == 4 and all(.[]; .subscription == $n and .topic == "tributary.events" and .eventType == "sub.dl"
+        and (.reason | startswith("delivery gave up:") and test("\\b500\\b") and test("after 2 attempts"))
+        and .redrivenAt == null and .redriveRequestedAt == null)' "$3" --arg n "$2"
+    assert_json "$1: every batch was attempted exactly maxAttempts 2 times, each answered 500, carrying only the 4 (attempts per webhook-id: $(subs_log_of "$2" | jq -c 'group_by(.webhook_id) | map(length)'))" '
+      length > 0 and all(.[]; .status == 500) and (group_by(.webhook_id) | all(.[]; length == 2))
+      and ([.[] | .event_ids[]] | unique) == ($ids | sort)' "$(subs_log_of "$2")" --argjson ids "$SUBS_DL_IDS"
+  }
+  subs_dl_check A "$SUBS_DLA" "$SUBS_LA"
+  subs_dl_check B "$SUBS_DLB" "$SUBS_LB"
+  assert_json "the same records are dead letters of both: the same (partition, offset) for each event, two rows apart" '
+    ($a | map({eventId, partition, offset})) == ($b | map({eventId, partition, offset}))
+    and ($a | length) == 4 and (($a | map(.id)) - ($b | map(.id))) == ($a | map(.id))' \
+    "null" --argjson a "$SUBS_LA" --argjson b "$SUBS_LB"
+  if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/ListDeadLetters" \
+    "$(jq -nc --arg t "$SUBS_DL_SINCE" '{filter: {includeRedriven: true, firstSeenAfter: $t}, pageSize: 1000}')"; then
+    assert_json "the default ListDeadLetters (the processor's, since $SUBS_DL_SINCE: $(jq '.deadLetters | length' <<<"$GC_OUT") letters) holds none of them, no subscription's letter at all" \
+      '[.deadLetters[] | select((.eventId | IN($ids[])) or .subscription != "")] == []' "$GC_OUT" --argjson ids "$SUBS_DL_IDS"
+  else
+    fail "the default ListDeadLetters (the processor's)" "grpcurl exit $GC_RC" "$GC_ERR"
+  fi
+  SUBS_N=$(subs_metric_sum tributary_subscription_events_total "subscription=\"$SUBS_DLA\"" 'result="dead_lettered"' || echo 0)
+  assert_json "dispatch counts them: tributary_subscription_events_total{subscription=A, result=\"dead_lettered\"} $SUBS_N" '. == 4' "$SUBS_N"
+
+  # Delivery moved on: a later event of the same user arrives, and the
+  # batches given up on are not attempted again.
+  subs_rx '{"fail": 0}' "deliveries answered 200 again"
+  SUBS_MARK=$(subs_log | jq length)
+  subs_publish sub.dl ud0 "$SUBS_DL_LATER"
+  SUBS_T0=$SECONDS
+  if poll 20 subs_delivered_to "$SUBS_DLA" "$SUBS_DL_LATER" && poll 10 subs_delivered_to "$SUBS_DLB" "$SUBS_DL_LATER"; then
+    pass "delivery moved on: a later event of the same user arrived for A and for B (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "delivery moved on: a later event of the same user arrived for A and for B within 20 s" \
+      "$(subs_log | jq -c --argjson m "$SUBS_MARK" '.[$m:][] | {time, subscription, status, event_ids}')"
+  fi
+  assert_json "since then, only the later event arrived (the 4 were not attempted again): $(subs_log | jq -c --argjson m "$SUBS_MARK" '[.[$m:][] | {subscription, status, event_ids}]')" \
+    '[.[$m:][] | .event_ids[]] | unique == [$l]' "$(subs_log)" --argjson m "$SUBS_MARK" --arg l "$SUBS_DL_LATER"
+  if poll 20 subs_all_stored; then
+    pass "the processor stored the 5 events"
+  else
+    fail "the processor stored the 5 events within 20 s" "$SUBS_STORED" "$GC_ERR"
+  fi
+  SUBS_STORED_BEFORE=$SUBS_STORED
+  assert_json "it stored each once, at the partition and offset the dead letters name ($(jq -c 'map("\(.partition)/\(.offset)")' <<<"$SUBS_STORED"))" \
+    'map(.eventId) == ($ids + [$l] | sort) and ([.[] | select(.eventId != $l)] == ($a | map({eventId, partition, offset})))' \
+    "$SUBS_STORED" --argjson ids "$SUBS_DL_IDS" --arg l "$SUBS_DL_LATER" --argjson a "$SUBS_LA"
+
+  # The redrive of A's letters (by filter).
+  SUBS_A_IDS=$(jq -c 'map(.id) | sort' <<<"$SUBS_LA")
+  SUBS_MARK=$(subs_log | jq length)
+  SUBS_T0=$SECONDS
+  if expect_ok "RedriveDeadLetters {filter: {subscription: A}}" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/RedriveDeadLetters" \
+    "$(jq -nc --arg n "$SUBS_DLA" '{filter: {subscription: $n}}')"; then
+    assert_json "it queued exactly A's 4 letters ($(jq -c . <<<"$GC_OUT"))" \
+      '(.redrivenIds | sort) == $a and .alreadyRedrivenIds == []' "$GC_OUT" --argjson a "$SUBS_A_IDS"
+  fi
+  subs_a_redriven() { subs_letters "$SUBS_DLA" true && jq -e 'length == 4 and all(.[]; .redrivenAt != null)' <<<"$SUBS_LETTERS" >/dev/null; }
+  if poll 20 subs_a_redriven; then
+    pass "A's 4 letters carry redrivenAt (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "A's 4 letters carry redrivenAt within 20 s" "$(subs_letters_brief <<<"$SUBS_LETTERS")" \
+      "$(grep -F "$SUBS_DLA" /var/lib/tributary/logs/dispatch.log 2>/dev/null | tail -n 5)"
+  fi
+  SUBS_LA2=$SUBS_LETTERS
+  # Time enough for a second delivery, were they queued again or
+  # re-published to the topic (which A and B both read).
+  sleep 4
+  SUBS_RD=$(subs_log | jq -c --argjson m "$SUBS_MARK" '.[$m:]')
+  SUBS_RDA=$(jq -c --arg n "$SUBS_DLA" 'map(select(.subscription == $n))' <<<"$SUBS_RD")
+  assert_json "the 4 arrived again for A, each exactly once, in requests answered 200 whose body names A ($(jq -c 'map({subscription, status, event_ids})' <<<"$SUBS_RDA"))" '
+    length > 0 and all(.[]; .status == 200 and (.body | fromjson | .subscription) == $n)
+    and ([.[] | .event_ids[]] | sort) == ($ids | sort)' "$SUBS_RDA" --arg n "$SUBS_DLA" --argjson ids "$SUBS_DL_IDS"
+  SUBS_VR=$(KA=$SUBS_KA KB=$SUBS_KB subs_verify KA KB OTHER <<<"$SUBS_RDA")
+  assert_json "they verify with A's secret, not with B's nor another ($SUBS_VR)" \
+    '.requests > 0 and .KA == .requests and .KB == 0 and .OTHER == 0' "$SUBS_VR"
+  assert_json "nothing reached the receiver for B or anyone else since the redrive ($(jq -c 'map({subscription, status, event_ids})' <<<"$SUBS_RD"))" \
+    'all(.[]; .subscription == $n)' "$SUBS_RD" --arg n "$SUBS_DLA"
+  assert_json "A's letters were marked after the endpoint's 2xx: redrivenAt after the request arrived ($(jq -c 'map(.redrivenAt)' <<<"$SUBS_LA2"))" "$JQ_DEFS"'
+    ($rd | map(.time) | min) as $at | length == 4 and all(.[]; .redrivenAt != null and (.redrivenAt | ts) / 1000000 >= $at)' \
+    "$SUBS_LA2" --argjson rd "$SUBS_RDA"
+  subs_letters "$SUBS_DLB"
+  assert_json "B's 4 letters are still listed (by default: neither redriven nor asked to be), unchanged" \
+    '. == $b' "$SUBS_LETTERS" --argjson b "$SUBS_LB"
+  if expect_ok "RedriveDeadLetters of A's letters again, by ids" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/RedriveDeadLetters" \
+    "$(jq -nc --argjson a "$SUBS_A_IDS" '{ids: {ids: $a}}')"; then
+    assert_json "all 4 come back in alreadyRedrivenIds, none in redrivenIds ($(jq -c . <<<"$GC_OUT"))" \
+      '(.alreadyRedrivenIds | sort) == $a and .redrivenIds == []' "$GC_OUT" --argjson a "$SUBS_A_IDS"
+  fi
+  # (The table keeps an event id once whatever comes: that nothing was
+  # re-published to the topic shows above, B reads it and got nothing, A
+  # got each once.)
+  if SUBS_STORED=$(subs_stored); then
+    assert_json "the processor still holds each of the 5 once, as before (ListEvents by source and type: $(jq length <<<"$SUBS_STORED"))" \
+      '. == $before' "$SUBS_STORED" --argjson before "$SUBS_STORED_BEFORE"
+  else
+    fail "ListEvents by source and type after the redrive" "grpcurl exit $GC_RC" "$GC_ERR"
+  fi
+
+  # A redrive that fails again: B's letters while every delivery is
+  # answered 500.
+  subs_rx '{"fail": -1, "status": 500}' "every delivery answered 500 until changed"
+  SUBS_B_IDS=$(jq -c 'map(.id) | sort' <<<"$SUBS_LB")
+  SUBS_MARK=$(subs_log | jq length)
+  SUBS_T0=$SECONDS
+  if expect_ok "RedriveDeadLetters of B's letters, by ids" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/RedriveDeadLetters" \
+    "$(jq -nc --argjson b "$SUBS_B_IDS" '{ids: {ids: $b}}')"; then
+    assert_json "it queued B's 4 letters" '(.redrivenIds | sort) == $b and .alreadyRedrivenIds == []' "$GC_OUT" --argjson b "$SUBS_B_IDS"
+  fi
+  subs_b_gave_up() { subs_letters "$SUBS_DLB" true && jq -e 'length == 4 and all(.[]; .reason | startswith("redrive gave up"))' <<<"$SUBS_LETTERS" >/dev/null; }
+  if poll 20 subs_b_gave_up; then
+    pass "the redrive gave up on B's 4 (after $((SECONDS - SUBS_T0)) s)"
+  else
+    fail "the redrive gave up on B's 4 within 20 s" "$(subs_letters_brief <<<"$SUBS_LETTERS")"
+  fi
+  assert_json "B's letters: reason \"redrive gave up: ...500... (after 2 attempts)\", redriveRequestedAt cleared, not redriven ($(jq -c 'map(.reason) | unique' <<<"$SUBS_LETTERS"))" '
+    length == 4 and all(.[]; (.reason | startswith("redrive gave up") and test("\\b500\\b") and test("after 2 attempts"))
+      and .redriveRequestedAt == null and .redrivenAt == null)' "$SUBS_LETTERS"
+  SUBS_RD=$(subs_log | jq -c --argjson m "$SUBS_MARK" '.[$m:]')
+  assert_json "the attempts: only B's, 2 per batch, answered 500, carrying the 4 ($(jq -c 'map({subscription, status, event_ids})' <<<"$SUBS_RD"))" '
+    length > 0 and all(.[]; .subscription == $n and .status == 500) and (group_by(.webhook_id) | all(.[]; length == 2))
+    and ([.[] | .event_ids[]] | unique) == ($ids | sort)' "$SUBS_RD" --arg n "$SUBS_DLB" --argjson ids "$SUBS_DL_IDS"
+  subs_rx '{"fail": 0}' "no more failures"
+  subs_letters "$SUBS_DLB"
+  assert_json "B's 4 are listed by default again (they can be redriven once more)" \
+    'map(.id) | sort == $b' "$SUBS_LETTERS" --argjson b "$SUBS_B_IDS"
+  subs_delete "$SUBS_DLA"
+  subs_delete "$SUBS_DLB"
 fi
 
 SUBS_TOOK=$((SECONDS - SUBS_STARTED))
