@@ -318,6 +318,14 @@ if expect_ok "RegisterEventType $DLQ_TYPE again, a schema that accepts the recor
   "$(jq -nc --arg n "$DLQ_TYPE" --argjson s "$SCHEMA_V2" '{name: $n, schema: $s, description: "amount of any type"}')"; then
   assert_json "RegisterEventType: the second schema is version 2" '.version == 2' "$GC_OUT"
 fi
+# A version that would refuse payloads version 2 accepted is refused, naming
+# each place (JSON Pointer) where it tightens.
+if expect_code "RegisterEventType of an incompatible version 3 is InvalidArgument" InvalidArgument \
+  "$ADMIN_ADDR" "$ADMIN/RegisterEventType" "$(jq -nc --arg n "$DLQ_TYPE" '{name: $n,
+    schema: {type: "object", required: ["amount", "currency"], properties: {amount: {type: "string"}}}}')"; then
+  assert_contains "the refusal names schema/properties/amount/type" "$GC_ERR" "schema/properties/amount/type"
+  assert_contains "the refusal names the newly required property" "$GC_ERR" '"currency" is newly required'
+fi
 ingest_accepts() {
   gcall "$INGEST_ADDR" "$INGEST/Publish" "$(jq -nc --arg id "$RUN-dlq-fixed" --arg t "$DLQ_TYPE" \
     --argjson p "$BAD_PAYLOAD" '{event: {eventId: $id, eventType: $t, source: "admin-test", payload: $p}}')"

@@ -2,6 +2,7 @@
 //! exporter (`tributary_consumer_group_*` gauges the alert rules use).
 
 mod api_keys;
+mod compat;
 mod config;
 mod context;
 mod dead_letters;

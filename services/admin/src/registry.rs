@@ -1,13 +1,13 @@
 //! The event-type registry RPCs.
 
 use tonic::Status;
-use tributary_platform::status::violation;
+use tributary_platform::status::{invalid_argument, violation};
 use tributary_proto::json::{json_to_struct, struct_to_json};
 use tributary_proto::v1::{
     EventType, GetEventTypeRequest, ListEventTypesRequest, ListEventTypesResponse,
     RegisterEventTypeRequest,
 };
-use tributary_proto::validate::is_event_type;
+use tributary_proto::validate::{FieldViolation, is_event_type};
 use tributary_store::event_types::{self as store, EventTypeRow};
 
 use crate::context::{AdminContext, db_status};
@@ -47,6 +47,30 @@ pub async fn register(
         .map(serde_json::Value::Object)
         .map_err(|e| violation("schema", e.to_string()))?;
     store::compile(&schema).map_err(|why| violation("schema", why))?;
+    if !request.force {
+        let name = request.name.clone();
+        let previous = ctx
+            .pool
+            .run(async |client| store::get(client, &name, 0).await)
+            .await
+            .map_err(|e| db_status("cannot read the event type", &e))?;
+        if let Some(previous) = previous {
+            let found = crate::compat::check(&previous.schema, &schema);
+            if !found.is_empty() {
+                let violations: Vec<FieldViolation> = found
+                    .into_iter()
+                    .map(|i| FieldViolation {
+                        field: format!("schema{}", i.pointer.trim_end_matches('/')),
+                        description: format!(
+                            "{} (against version {}; force registers it anyway)",
+                            i.why, previous.version
+                        ),
+                    })
+                    .collect();
+                return Err(invalid_argument(&violations));
+            }
+        }
+    }
     let row = ctx
         .pool
         .run(async |client| {

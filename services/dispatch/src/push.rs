@@ -346,7 +346,17 @@ impl Worker {
             return None;
         }
         let m = self.shared.metrics.clone();
-        match self.deliver(&events, token).await {
+        let span = tracing::info_span!(
+            parent: None,
+            "dispatch.redrive",
+            otel.name = "send tributary.events (redrive)",
+            otel.kind = "producer",
+            messaging.system = "webhook",
+            messaging.operation.type = "send",
+            messaging.batch.message_count = i64::try_from(events.len()).unwrap_or(i64::MAX),
+            subscription = %self.name,
+        );
+        match self.deliver(&events, token).instrument(span).await {
             Delivery::Done => {
                 self.finish_redrive(&ids, true, "").await;
                 m.events
@@ -356,6 +366,7 @@ impl Worker {
                 None
             }
             Delivery::GaveUp(why) => {
+                tracing::warn!(subscription = %self.name, events = ids.len(), reason = %why, "redrive gave up; the dead letters stay, to be redriven again");
                 self.finish_redrive(&ids, false, &format!("redrive gave up: {why}"))
                     .await;
                 None
@@ -496,11 +507,11 @@ impl Worker {
                     return Delivery::Gone;
                 }
                 Attempt::Failed { why, retry_after } => {
-                    self.failed(&why).await;
                     let s = &self.settings;
-                    if (s.max_attempts > 0 && attempt >= s.max_attempts)
-                        || first.elapsed() >= s.max_age
-                    {
+                    let exhausted = (s.max_attempts > 0 && attempt >= s.max_attempts)
+                        || first.elapsed() >= s.max_age;
+                    self.failed(&why, !exhausted).await;
+                    if exhausted {
                         return Delivery::GaveUp(format!("{why} (after {attempt} attempts)"));
                     }
                     let backoff = backoff(&self.settings, attempt);
@@ -633,8 +644,12 @@ impl Worker {
         }
     }
 
-    async fn failed(&mut self, why: &str) {
-        tracing::warn!(subscription = %self.name, error = %why, "delivery failed; will retry");
+    async fn failed(&mut self, why: &str, will_retry: bool) {
+        if will_retry {
+            tracing::warn!(subscription = %self.name, error = %why, "delivery failed; will retry");
+        } else {
+            tracing::warn!(subscription = %self.name, error = %why, "delivery failed; the retry policy is exhausted");
+        }
         let since = *self.failing_since.get_or_insert_with(Instant::now);
         let state = if since.elapsed() >= self.shared.failing_after {
             "failing"

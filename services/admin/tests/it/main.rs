@@ -516,6 +516,7 @@ mod admin_rpcs {
             name: name.into(),
             schema: s,
             description: "d".into(),
+            force: false,
         };
         let bad = client
             .register_event_type(register(
@@ -545,11 +546,26 @@ mod admin_rpcs {
             .await
             .unwrap()
             .into_inner();
+        // A newly required property would refuse payloads v1 accepted.
+        let stricter = schema(serde_json::json!({"type": "object", "required": ["amount"],
+            "properties": {"amount": {"type": "number", "default": 0}}}));
+        let refused = client
+            .register_event_type(register("order.placed", stricter.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        let details = tonic_types::StatusExt::get_details_bad_request(&refused).unwrap();
+        let fields: Vec<&str> = details
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["schema/properties/amount/type", "schema/required"]);
         let v2 = client
-            .register_event_type(register(
-                "order.placed",
-                schema(serde_json::json!({"type": "object", "required": ["amount"]})),
-            ))
+            .register_event_type(RegisterEventTypeRequest {
+                force: true,
+                ..register("order.placed", stricter)
+            })
             .await
             .unwrap()
             .into_inner();

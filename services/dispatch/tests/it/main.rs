@@ -74,12 +74,31 @@ async fn receiver(statuses: Vec<u16>) -> (String, Got) {
     (format!("http://{addr}/hook"), got)
 }
 
-async fn start(db: &TestDb, kafka: &KafkaArgs) -> CancellationToken {
+/// A dispatch running in the test. `stop` ends it and waits until it has
+/// left its consumer groups: the test's broker must outlive that, or closing
+/// a consumer waits for a broker that is gone.
+struct Running {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("dispatch stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn start(db: &TestDb, kafka: &KafkaArgs) -> Running {
     start_at(db, kafka).await.0
 }
 
-/// Starts dispatch; its token and gRPC address.
-async fn start_at(db: &TestDb, kafka: &KafkaArgs) -> (CancellationToken, std::net::SocketAddr) {
+/// Starts dispatch; it and its gRPC address.
+async fn start_at(db: &TestDb, kafka: &KafkaArgs) -> (Running, std::net::SocketAddr) {
     tributary_testkit::init_telemetry();
     let config = <Config as clap::Parser>::parse_from([
         "tributary-dispatch".to_owned(),
@@ -98,8 +117,8 @@ async fn start_at(db: &TestDb, kafka: &KafkaArgs) -> (CancellationToken, std::ne
     let addr = dispatch.grpc_addr();
     let token = CancellationToken::new();
     let stop = token.clone();
-    tokio::spawn(dispatch.run(async move { stop.cancelled().await }));
-    (token, addr)
+    let task = tokio::spawn(dispatch.run(async move { stop.cancelled().await }));
+    (Running { token, task }, addr)
 }
 
 fn millis(ms: i32) -> Option<prost_types::Duration> {
@@ -317,7 +336,7 @@ async fn delivers_matching_events_signed_in_batches_and_retries_failures() {
         assert_eq!(v["subscription"], name.as_str());
         assert!(v["events"].as_array().unwrap().len() <= 3);
     }
-    token.cancel();
+    token.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +435,7 @@ async fn a_batch_out_of_attempts_becomes_dead_letters_that_a_redrive_delivers_ag
     })
     .await;
     assert_eq!(done.len(), 2);
-    token.cancel();
+    token.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,7 +586,7 @@ async fn pull_sends_unacknowledged_events_again_and_never_acknowledged_ones() {
         .map(|e| e.event.unwrap().event.unwrap().event_id)
         .collect();
     assert_eq!(ids, ["p4"], "acknowledged events never come back");
-    token.cancel();
+    token.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,5 +711,5 @@ async fn two_pull_clients_split_the_partitions_and_the_lag_reaches_zero() {
     .await;
     assert_eq!(lag, 0);
     drop(keep);
-    token.cancel();
+    token.stop().await;
 }
