@@ -283,7 +283,7 @@ ensure_standardwebhooks() {
 # cache, one directory per lock file ($TB_TOOLS_DIR/buf/node-<sha256 of the
 # lock>): the CLI runs from its platform package (an optionalDependency, as
 # esbuild's), so its postinstall, which only swaps the Node launcher for the
-# binary, is not needed. About 2 s and 93 MB cold; a hash and a stat once there.
+# binary, is not needed. About 4 s and 93 MB cold; a hash and a stat once there.
 TB_BUF_PACKAGE_DIR="$TB_ROOT/tools/buf"
 
 # buf_node_dir: where the lock file's packages go.
