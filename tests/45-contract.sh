@@ -72,7 +72,7 @@ contract_refused() {
   local kind=$1 what=$2 file=$3 script=$4 dir out rc rule missing=()
   shift 4
   local name="buf $kind refuses $what: ${*}"
-  if ! dir=$(contract_edit "$kind-$(tr -c 'a-z0-9' '-' <<<"$what" | cut -c1-40)" "$file" "$script"); then
+  if ! dir=$(contract_edit "$kind-$(tr '[:upper:]' '[:lower:]' <<<"$what" | tr -c 'a-z0-9' '-' | cut -c1-40)" "$file" "$script"); then
     fail "$name" "$dir"
     return 1
   fi
