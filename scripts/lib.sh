@@ -277,6 +277,64 @@ ensure_standardwebhooks() {
   standardwebhooks_ok || die "the tools venv has no standardwebhooks $TB_STANDARDWEBHOOKS_VERSION"
 }
 
+# The buf CLI (tests/45-contract.sh: buf lint and buf breaking on proto/),
+# from the npm package @bufbuild/buf, pinned by tools/buf/package.json and
+# package-lock.json. Installed with `npm ci --ignore-scripts` into the tools
+# cache, one directory per lock file ($TB_TOOLS_DIR/buf/node-<sha256 of the
+# lock>): the CLI runs from its platform package (an optionalDependency, as
+# esbuild's), so its postinstall, which only swaps the Node launcher for the
+# binary, is not needed. About 4 s and 93 MB cold; a hash and a stat once there.
+TB_BUF_PACKAGE_DIR="$TB_ROOT/tools/buf"
+
+# buf_node_dir: where the lock file's packages go.
+buf_node_dir() {
+  local hash
+  hash=$(sha256sum "$TB_BUF_PACKAGE_DIR/package-lock.json" | cut -c1-16) || return 1
+  printf '%s/buf/node-%s\n' "$TB_TOOLS_DIR" "$hash"
+}
+
+# buf_bin: the path of the pinned buf (installed or not).
+buf_bin() {
+  local dir
+  dir=$(buf_node_dir) || return 1
+  printf '%s/node_modules/.bin/buf\n' "$dir"
+}
+
+# buf_version_pinned: the version tools/buf/package.json pins.
+buf_version_pinned() {
+  jq -r '.devDependencies["@bufbuild/buf"]' "$TB_BUF_PACKAGE_DIR/package.json"
+}
+
+# (No `| grep -q` here: under pipefail an early grep exit fails the pipe.)
+buf_ok() {
+  local dir v
+  dir=$(buf_node_dir) && [[ -f "$dir/.installed" ]] && v=$("$dir/node_modules/.bin/buf" --version 2>/dev/null) &&
+    [[ "$v" == "$(buf_version_pinned)" ]]
+}
+
+# ensure_buf: the buf CLI of tools/buf, exactly as locked (node and npm from
+# Debian when missing; the launcher needs Node.js 12 or newer).
+ensure_buf() {
+  buf_ok && return 0
+  if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+    ensure_apt nodejs npm
+  fi
+  command -v jq >/dev/null || ensure_apt jq
+  local dir
+  dir=$(buf_node_dir) || die "tools/buf/package-lock.json is missing"
+  mkdir -p "$TB_TOOLS_DIR/buf"
+  (
+    flock 9
+    buf_ok && exit 0
+    log_info "installing buf $(buf_version_pinned) into $dir (npm ci --ignore-scripts, pinned by tools/buf/package-lock.json)"
+    rm -rf "$dir" && mkdir -p "$dir" || exit 1
+    cp "$TB_BUF_PACKAGE_DIR/package.json" "$TB_BUF_PACKAGE_DIR/package-lock.json" "$dir/" || exit 1
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund >&2) || exit 1
+    touch "$dir/.installed"
+  ) 9>"$TB_TOOLS_DIR/buf/.lock" || die "npm ci for tools/buf failed"
+  buf_ok || die "$(buf_bin) does not report buf $(buf_version_pinned)"
+}
+
 # ---------------------------------------------------------------- pid files
 #
 # A pid file holds two lines: the PID and the program's path. A PID counts as
