@@ -130,7 +130,7 @@ Local endpoints (on TRIBUTARY_BIND_HOST):
   processor  gRPC :50054   HTTP :9602   (health and reflection only)
   query      gRPC :50052   HTTP :9603
   admin      gRPC :50053   HTTP :9604   (topics, groups, lag; exports the lag gauges)
-  dispatch   gRPC :50055   HTTP :9605   (delivers push subscriptions; health and reflection)
+  dispatch   gRPC :50055   HTTP :9605   (delivers subscriptions: push webhooks, and Pull)
   tracesink  OTLP/gRPC 127.0.0.1:$TRACE_SINK_PORT, spans to \$TRIBUTARY_STATE_DIR/traces/spans.jsonl
   prometheus http://127.0.0.1:$PROMETHEUS_PORT (scrapes all five services, evaluates observability/prometheus/rules)
   alertmanager http://127.0.0.1:$ALERTMANAGER_PORT (observability/alertmanager/alertmanager.yml)
@@ -530,8 +530,44 @@ ensure_secure_material() {
 # ---------------------------------------------------------------- services
 
 # svc_start NAME: starts the service unless it runs already. Does not wait.
+# reserve_ports: takes the services' gRPC ports and PostgreSQL's out of
+# Linux's ephemeral range (32768-60999 here holds 50051-50055 and 55432). Else
+# an outgoing connection (a broker or database client, a probe) can be given
+# one while its service is stopped, and the service cannot bind it again until
+# that connection closes, minutes later. Kept for the machine's uptime; only
+# where /proc/sys is writable (root, not in every container).
+reserve_ports() {
+  local f=/proc/sys/net/ipv4/ip_local_reserved_ports want="50051-50055,55432" cur
+  [[ -r "$f" ]] || return 0
+  cur=$(<"$f")
+  # Already reserved (the kernel prints ranges merged: check each port).
+  local unreserved=0 port
+  for port in 50051 50052 50053 50054 50055 55432; do
+    in_ranges "$port" "$cur" || unreserved=1
+  done
+  [[ "$unreserved" == 1 ]] || return 0
+  if [[ -w "$f" ]] && printf '%s\n' "${cur:+$cur,}$want" >"$f" 2>/dev/null; then
+    log_info "reserved ports $want (net.ipv4.ip_local_reserved_ports): no outgoing connection takes them"
+  else
+    log_warn "cannot reserve ports $want in net.ipv4.ip_local_reserved_ports: a service restarted while an outgoing connection holds its port fails to bind until it closes"
+  fi
+}
+
+# in_ranges PORT LIST: whether PORT is in a comma-separated list of ports and
+# A-B ranges.
+in_ranges() {
+  local port=$1 r lo hi
+  local IFS=,
+  for r in $2; do
+    lo=${r%-*} hi=${r#*-}
+    [[ -n "$lo" && "$port" -ge "$lo" && "$port" -le "$hi" ]] && return 0
+  done
+  return 1
+}
+
 svc_start() {
   local name=$1 grpc http pid log="$TB_LOG_DIR/$1.log" bin="$TB_BIN_DIR/tributary-$1"
+  reserve_ports
   grpc=$(svc_grpc_port "$name")
   http=$(svc_http_port "$name")
   if pid=$(pid_get "$name"); then
@@ -972,6 +1008,7 @@ require_root() { [[ $EUID -eq 0 ]] || die "run as root (it installs packages and
 cmd_up() {
   local opt_set=$1 opt_kafka=$2 opt_postgres=$3 opt_engine=$4 no_build=$5 opt_secure=$6 s
   require_root
+  reserve_ports
   local saved=0
   load_saved_cfg && saved=1
   # A deploy.env from before --broker-engine: the engine it runs with.

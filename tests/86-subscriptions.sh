@@ -905,9 +905,16 @@ fi
 
 # ---------------------------------------------------------------- own dispatch instances
 
-# subs_free_port: a TCP port free on 127.0.0.1 now.
+# subs_free_port: a TCP port free on 127.0.0.1 now, never one of the
+# deployment's (the kernel's ephemeral range holds 50051-50055: one taken while
+# deploy's dispatch is stopped would keep it from starting again).
 subs_free_port() {
-  "$TB_TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$TB_TOOLS_PYTHON" -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if p not in (50051, 50052, 50053, 50054, 50055, 55432):
+        print(p); break'
 }
 
 # subs_dispatch_start TAG [FLAG...]: a dispatch instance with the settings

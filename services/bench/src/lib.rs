@@ -263,9 +263,19 @@ pub fn bin_dir(options: &Options) -> anyhow::Result<PathBuf> {
 
 /// A free TCP port on loopback (for a service the bench starts).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    // The kernel hands out ports from the ephemeral range (here 32768-60999),
+    // which holds the deployment's gRPC ports: one taken while its service is
+    // stopped (the bench stops the processor) would keep it from starting.
+    const DEPLOYMENT: [u16; 6] = [50051, 50052, 50053, 50054, 50055, 55432];
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !DEPLOYMENT.contains(&port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port outside the deployment's")
 }
 
 /// A service binary the bench starts for itself: none of the bench's own

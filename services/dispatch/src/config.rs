@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tributary_platform::config::{ShutdownArgs, TelemetryArgs, parse_duration};
 
-/// Dispatch: delivers push subscriptions. Every flag also reads a
+/// Dispatch: delivers subscriptions (push webhooks, and Pull streams). Every flag also reads a
 /// TRIBUTARY_* variable.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "tributary-dispatch", version, about)]
