@@ -199,16 +199,7 @@ impl Worker {
             if !batch.events.is_empty() {
                 // One trace per delivery, linked to its events' producer
                 // spans (as the processor's batch span is).
-                let span = tracing::info_span!(
-                    parent: None,
-                    "dispatch.deliver",
-                    otel.name = "send tributary.events",
-                    otel.kind = "producer",
-                    messaging.system = "webhook",
-                    messaging.operation.type = "send",
-                    messaging.batch.message_count = i64::try_from(batch.events.len()).unwrap_or(i64::MAX),
-                    subscription = %self.name,
-                );
+                let span = delivery_span(&self.name, batch.events.len(), false);
                 for link in &batch.links {
                     span.add_link(link.clone());
                 }
@@ -346,16 +337,7 @@ impl Worker {
             return None;
         }
         let m = self.shared.metrics.clone();
-        let span = tracing::info_span!(
-            parent: None,
-            "dispatch.redrive",
-            otel.name = "send tributary.events (redrive)",
-            otel.kind = "producer",
-            messaging.system = "webhook",
-            messaging.operation.type = "send",
-            messaging.batch.message_count = i64::try_from(events.len()).unwrap_or(i64::MAX),
-            subscription = %self.name,
-        );
+        let span = delivery_span(&self.name, events.len(), true);
         match self.deliver(&events, token).instrument(span).await {
             Delivery::Done => {
                 self.finish_redrive(&ids, true, "").await;
@@ -719,6 +701,22 @@ enum Attempt {
         why: String,
         retry_after: Option<Duration>,
     },
+}
+
+/// The root span of one delivery (a batch, or a redrive of dead letters):
+/// its own trace, as the processor's batch span is.
+fn delivery_span(subscription: &str, events: usize, redrive: bool) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "dispatch.deliver",
+        otel.name = if redrive { "send tributary.events (redrive)" } else { "send tributary.events" },
+        otel.kind = "producer",
+        messaging.system = "webhook",
+        messaging.operation.type = "send",
+        messaging.batch.message_count = i64::try_from(events).unwrap_or(i64::MAX),
+        subscription = %subscription,
+        redrive,
+    )
 }
 
 /// Exponential from `min_backoff`, capped at `max_backoff`, with jitter:
