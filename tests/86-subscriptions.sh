@@ -10,6 +10,8 @@
 #      tributary.sub.<name> with its start offsets committed, state ACTIVE;
 #      a taken name is AlreadyExists; a bad name, no delivery or max_events
 #      5000 are InvalidArgument; Get and List show it, never the secret.
+#      Admin's /metrics exports tributary_consumer_group_lag of its group,
+#      one series per partition, within 30 s (its refresh finds it).
 #   b. Only matching events arrive (type and source), each at least once,
 #      every request verified, no batch over max_events 10; the body is the
 #      documented {"subscription", "events": [StoredEvent]}; the receiver's
@@ -20,7 +22,10 @@
 #      min_backoff..max_backoff.
 #   e. 429 with Retry-After: 2: the next attempt comes at least 2 s later.
 #   f. Paused: nothing arrives for 5 s; resumed: it arrives.
-#   g. Deleted: NotFound, its consumer group gone, later events never arrive.
+#   g. Its lag in admin's /metrics drops to 0 on every partition once all
+#      was delivered. Deleted: NotFound, its consumer group gone, its lag
+#      series withdrawn from admin's /metrics within 30 s, later events never
+#      arrive.
 #   h. Rotation (rotate_secret, secret_grace 60s): a batch signed before it
 #      verifies with the old secret only; one after it carries two v1
 #      signatures and verifies with the old and with the new secret, never
@@ -80,11 +85,13 @@
 # cut short.
 #
 # Environment: ADMIN_ADDR (127.0.0.1:50053), DISPATCH_ADDR (127.0.0.1:50055),
-# DISPATCH_METRICS_URL (http://127.0.0.1:9605/metrics).
+# DISPATCH_METRICS_URL (http://127.0.0.1:9605/metrics), ADMIN_METRICS_URL
+# (http://127.0.0.1:9604/metrics).
 
 SUBS_ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:50053}
 SUBS_DISPATCH_ADDR=${DISPATCH_ADDR:-127.0.0.1:50055}
 SUBS_METRICS_URL=${DISPATCH_METRICS_URL:-http://127.0.0.1:9605/metrics}
+SUBS_ADMIN_METRICS_URL=${ADMIN_METRICS_URL:-http://127.0.0.1:9604/metrics}
 SUBS_ADMIN=tributary.v1.AdminService
 SUBS_INGEST=tributary.v1.IngestService
 SUBS_RUN=${T_RUN_ID,,}
@@ -279,6 +286,31 @@ subs_metric_sum() {
     END { if (f) print s; else exit 1 }' "$@" <<<"$body"
 }
 
+# subs_lag_series GROUP: admin's tributary_consumer_group_lag series of
+# GROUP (the label exactly), "PARTITION LAG" per line by partition; prints
+# nothing when there is none; fails when admin's /metrics does not answer.
+subs_lag_series() {
+  local body
+  body=$(curl -fsS --max-time 5 "$SUBS_ADMIN_METRICS_URL") || return 1
+  awk -v g="group=\"$1\"" '
+    index($1, "tributary_consumer_group_lag{") == 1 && (index($1, "{" g ",") || index($1, "," g ",") || index($1, "," g "}") || index($1, "{" g "}")) {
+      p = $1; sub(/.*partition="/, "", p); sub(/".*/, "", p); print p, $2 }' <<<"$body" | sort -n
+}
+# subs_lag_brief: SUBS_LAG_SEEN as "N series (partition:lag ...)".
+subs_lag_brief() {
+  awk 'NF { n++; s = s (s == "" ? "" : " ") $1 ":" $2 } END { printf "%d series (partition:lag %s)", n, (n ? s : "none") }' <<<"$SUBS_LAG_SEEN"
+}
+# subs_since T0: seconds since T0 (an $EPOCHREALTIME), one decimal.
+subs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+# SUBS_LAG_SEEN: the series subs_lag_series printed at the last look;
+# the conditions below poll on it.
+SUBS_LAG_SEEN=""
+subs_lag_exported() { SUBS_LAG_SEEN=$(subs_lag_series "$SUBS_GROUP") && [[ -n "$SUBS_LAG_SEEN" ]]; }
+subs_lag_zero() {
+  subs_lag_exported && awk '$2 != 0 { bad = 1 } END { exit bad }' <<<"$SUBS_LAG_SEEN"
+}
+subs_lag_withdrawn() { SUBS_LAG_SEEN=$(subs_lag_series "$SUBS_GROUP") && [[ -z "$SUBS_LAG_SEEN" ]]; }
+
 # ---------------------------------------------------------------- a. management
 
 section "subscriptions a: CreateSubscription, Get, List"
@@ -318,12 +350,34 @@ else
 fi
 
 # "Create commits the group's start offsets before it returns."
+SUBS_PARTITIONS=""
 if gcall "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/GetConsumerLag" "$(jq -nc --arg g "$SUBS_GROUP" '{group: $g}')"; then
+  SUBS_PARTITIONS=$(jq '.partitions | length' <<<"$GC_OUT")
   # (Not "lag 0": anything else publishing meanwhile would make that a race.)
   assert_json "its consumer group has committed start offsets on every partition of tributary.events" \
     '(.partitions | length) > 0 and all(.partitions[]; .hasCommittedOffset)' "$GC_OUT"
 else
   fail "GetConsumerLag of $SUBS_GROUP right after CreateSubscription" "grpcurl exit $GC_RC" "$GC_ERR"
+fi
+
+# Admin exports every subscription's lag (issue 14): each refresh
+# (--lag-poll-interval, 5 s by default) lists the subscriptions and measures
+# their groups, so the new one's series come at the next refresh.
+SUBS_LAG_T0=$EPOCHREALTIME
+if poll 30 subs_lag_exported; then
+  pass "admin's /metrics exports tributary_consumer_group_lag{group=\"$SUBS_GROUP\"} $(subs_since "$SUBS_LAG_T0") s after CreateSubscription returned: $(subs_lag_brief)"
+  SUBS_LAG_N=$(grep -c . <<<"$SUBS_LAG_SEEN")
+  if [[ "$SUBS_LAG_N" == "$SUBS_PARTITIONS" ]]; then
+    pass "its lag series: one per partition of tributary.events ($SUBS_LAG_N, as GetConsumerLag)"
+  else
+    fail "its lag series: one per partition of tributary.events" \
+      "seen $SUBS_LAG_N series, GetConsumerLag listed ${SUBS_PARTITIONS:-(no answer)} partitions: $(subs_lag_brief)"
+  fi
+else
+  fail "admin's /metrics exports tributary_consumer_group_lag{group=\"$SUBS_GROUP\"} within 30 s of CreateSubscription" \
+    "none after $(subs_since "$SUBS_LAG_T0") s ($SUBS_ADMIN_METRICS_URL)" \
+    "its tributary_consumer_group_lag series:" \
+    "$(curl -fsS --max-time 5 "$SUBS_ADMIN_METRICS_URL" 2>&1 | grep -E '^tributary_consumer_group_lag\{|^curl' | head -n 20)"
 fi
 
 expect_code "a second CreateSubscription with the same name is AlreadyExists" AlreadyExists \
@@ -561,7 +615,20 @@ subs_wait_delivered "resumed: the 5 held back arrived within 30 s" 30 "${SUBS_PA
 
 section "subscriptions g: delete"
 
+# Everything published for it has arrived (b-f) and nothing else of this
+# area's is pending on its partitions: once dispatch committed (every 1 s) and
+# admin refreshed (every 5 s), its lag is 0 on every partition.
+SUBS_LAG_T0=$EPOCHREALTIME
+if poll 30 subs_lag_zero; then
+  pass "all delivered: admin's tributary_consumer_group_lag{group=\"$SUBS_GROUP\"} is 0 on every partition (after $(subs_since "$SUBS_LAG_T0") s): $(subs_lag_brief)"
+else
+  fail "all delivered: admin's tributary_consumer_group_lag{group=\"$SUBS_GROUP\"} is 0 on every partition within 30 s" \
+    "last seen after $(subs_since "$SUBS_LAG_T0") s: $(subs_lag_brief)" \
+    "GetConsumerLag: $(gc -max-time 10 -d "$(jq -nc --arg g "$SUBS_GROUP" '{group: $g}')" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/GetConsumerLag" 2>&1 | jq -c . 2>/dev/null)"
+fi
+
 expect_ok "DeleteSubscription $SUBS_NAME" "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/DeleteSubscription" "$(subs_name_json "$SUBS_NAME")"
+SUBS_DELETED_T0=$EPOCHREALTIME
 expect_code "GetSubscription after the delete is NotFound" NotFound \
   "$SUBS_ADMIN_ADDR" "$SUBS_ADMIN/GetSubscription" "$(subs_name_json "$SUBS_NAME")"
 if SUBS_LIST=$(subs_list_all); then
@@ -578,6 +645,14 @@ if poll 10 subs_group_gone; then
 else
   fail "its consumer group $SUBS_GROUP is gone (the cursor is forgotten)" \
     "$(jq -c --arg g "$SUBS_GROUP" '[.groups[]? | select(.group == $g)]' <<<"$GC_OUT" 2>&1)" "$GC_ERR"
+fi
+# The refresh after the delete no longer finds it and withdraws its series
+# (a frozen lag would look like a stalled subscription).
+if poll 30 subs_lag_withdrawn; then
+  pass "admin's /metrics withdrew every tributary_consumer_group_lag{group=\"$SUBS_GROUP\"} series $(subs_since "$SUBS_DELETED_T0") s after DeleteSubscription returned (0 left)"
+else
+  fail "admin's /metrics withdraws every tributary_consumer_group_lag{group=\"$SUBS_GROUP\"} series within 30 s of DeleteSubscription" \
+    "$(subs_since "$SUBS_DELETED_T0") s after the delete: $(if [[ -n "$SUBS_LAG_SEEN" ]]; then subs_lag_brief; else echo "admin's /metrics did not answer ($SUBS_ADMIN_METRICS_URL)"; fi)"
 fi
 
 mapfile -t SUBS_DELETED < <(subs_ids subd 3)
