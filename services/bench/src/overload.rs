@@ -576,6 +576,19 @@ async fn measure(
     for s in streams {
         stream_events += s.await.unwrap_or(0);
     }
+    // Drain only once the processor has stored what was acknowledged so far:
+    // a tail read while events still arrive keeps up and is rightly not
+    // ended, which would say nothing about the server's bound.
+    let acked_so_far: Vec<String> = [&baseline, &small, &big]
+        .iter()
+        .flat_map(|t| t.acked.iter().cloned())
+        .collect();
+    let _ = crate::faults::wait_stored(
+        options,
+        &acked_so_far,
+        Duration::from_secs(if options.quick { 120 } else { 300 }),
+    )
+    .await;
     let mut tail_ends = Vec::new();
     for t in tails {
         tail_ends.push(drain_tail(t).await);
