@@ -456,7 +456,7 @@ async fn pull_sends_unacknowledged_events_again_and_never_acknowledged_ones() {
         }),
         delivery: Some(subscription::Delivery::Pull(PullConfig {
             ack_deadline: Some(prost_types::Duration {
-                seconds: 1,
+                seconds: 3,
                 nanos: 0,
             }),
         })),
@@ -532,11 +532,12 @@ async fn pull_sends_unacknowledged_events_again_and_never_acknowledged_ones() {
             seen.push((id, e.ack_id, e.delivery_attempt));
         }
     }
+    let all_seen_at = std::time::Instant::now();
     seen.sort();
     let ids: Vec<&str> = seen.iter().map(|(id, _, _)| id.as_str()).collect();
     assert_eq!(ids, ["p0", "p1", "p2", "p3"], "only the matching ones");
     assert!(seen.iter().all(|(_, _, attempt)| *attempt == 1));
-    // Acknowledge two; the two others come back after the 1 s deadline.
+    // Acknowledge two; the two others come back after the 3 s deadline.
     tx.send(PullRequest {
         ack_ids: vec![seen[0].1.clone(), seen[1].1.clone()],
         ..Default::default()
@@ -554,8 +555,14 @@ async fn pull_sends_unacknowledged_events_again_and_never_acknowledged_ones() {
             again.push((e.event.unwrap().event.unwrap().event_id, e.delivery_attempt));
         }
     }
+    let waited = all_seen_at.elapsed();
     again.sort();
     assert_eq!(again, [("p2".to_owned(), 2), ("p3".to_owned(), 2)]);
+    // Not before the deadline (less a margin for the delivery's own latency).
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "sent again after {waited:?}, before the 3 s ack deadline"
+    );
     tx.send(PullRequest {
         ack_ids: vec![seen[2].1.clone(), seen[3].1.clone()],
         ..Default::default()
