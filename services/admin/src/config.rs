@@ -39,6 +39,15 @@ pub struct Config {
     /// partition, and one single-record fetch per lagging partition.
     #[arg(long, env = "TRIBUTARY_LAG_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub lag_poll_interval: Duration,
+    /// How long events, dead letters and alerts are kept (`30d`, `36h`; `0`
+    /// keeps everything). Older partitions of events are dropped whole, other
+    /// old rows deleted in bounded batches (README, "Retention").
+    #[arg(long, env = "TRIBUTARY_RETENTION", value_parser = tributary_platform::config::parse_retention, default_value = "30d")]
+    pub retention: Duration,
+    /// How often the store's maintenance runs (partitions created ahead,
+    /// retention applied); also once at start. One replica works at a time.
+    #[arg(long, env = "TRIBUTARY_MAINTENANCE_INTERVAL", value_parser = parse_duration, default_value = "15m")]
+    pub maintenance_interval: Duration,
     /// gRPC address of ingest, for GetPipelineStatus' health check.
     #[arg(long, env = "TRIBUTARY_INGEST_ADDR", default_value = "127.0.0.1:50051")]
     pub ingest_addr: String,

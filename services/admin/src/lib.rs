@@ -8,6 +8,7 @@ mod context;
 mod dead_letters;
 mod grpc;
 pub mod lag;
+mod maintenance;
 mod paging;
 mod registry;
 mod replay;
@@ -123,6 +124,15 @@ impl Admin {
             self.config.lag_poll_interval,
             token.clone(),
         ));
+        let maintenance = tokio::spawn(maintenance::run(
+            self.api.ctx.pool.clone(),
+            maintenance::Settings {
+                interval: self.config.maintenance_interval,
+                retention: Some(self.config.retention).filter(|r| !r.is_zero()),
+            },
+            maintenance::Metrics::register(&self.registry)?,
+            token.clone(),
+        ));
         let security = service::Security::build(
             &self.config.edge,
             self.api.ctx.pool.clone(),
@@ -146,6 +156,7 @@ impl Admin {
         })
         .await;
         exporter.abort();
+        maintenance.abort();
         served
     }
 }

@@ -412,6 +412,7 @@ pub async fn run(
         RAW_TOPIC,
         i32::try_from(partitions.len())?,
         1,
+        None,
         Duration::from_secs(10),
     )
     .await?;

@@ -96,20 +96,29 @@ async fn fresh_database(
     Ok((url, pool))
 }
 
-/// Adds rows `from..to` with COPY: the events indexes are dropped first and
-/// built again after (their definitions read from the catalog).
+/// Adds rows `from..to` with COPY: the time partitions of the data set's
+/// days are created first, the events indexes (on every partition) and
+/// event_ids's are dropped and built again after (their definitions read
+/// from the catalog).
 async fn seed(
     db: &tokio_postgres::Client,
+    pool: &tributary_store::Pool,
     from: u64,
     to: u64,
     end: SystemTime,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
-    // (name, definition) of every secondary index, read in one query.
+    let mut client = pool.get().await.context("a bench database connection")?;
+    tributary_store::partitions::ensure(&mut client, end - data::QUERY_SPAN, end)
+        .await
+        .context("creating the data set's partitions")?;
+    // (name, definition) of every index of events and event_ids, read in
+    // one query; event_ids's primary key goes as a constraint.
     let indexes: Vec<(String, String)> = db
         .query(
             "SELECT indexname, indexdef FROM pg_indexes
-              WHERE schemaname = current_schema() AND tablename = 'events' AND indexname <> 'events_pkey'",
+              WHERE schemaname = current_schema() AND tablename IN ('events', 'event_ids')
+                AND indexname <> 'event_ids_pkey'",
             &[],
         )
         .await?
@@ -119,7 +128,7 @@ async fn seed(
     for (name, _) in &indexes {
         db.batch_execute(&format!("DROP INDEX {name}")).await?;
     }
-    db.batch_execute("ALTER TABLE events DROP CONSTRAINT events_pkey")
+    db.batch_execute("ALTER TABLE event_ids DROP CONSTRAINT event_ids_pkey")
         .await?;
     let sink = db
         .copy_in::<_, Bytes>(&format!("COPY events ({}) FROM STDIN", data::COPY_COLUMNS))
@@ -137,15 +146,23 @@ async fn seed(
         futures_util::SinkExt::send(&mut sink, Bytes::from(buf)).await?;
     }
     sink.finish().await.context("seeding with COPY")?;
+    db.execute(
+        "INSERT INTO event_ids (event_id, occurred_at)
+         SELECT event_id, occurred_at FROM events WHERE event_id >= $1 AND event_id < $2",
+        &[&format!("q{from:010}"), &format!("q{to:010}")],
+    )
+    .await
+    .context("filling event_ids")?;
     db.batch_execute(
         "SET maintenance_work_mem = '1GB'; SET max_parallel_maintenance_workers = 2;
-         ALTER TABLE events ADD PRIMARY KEY (event_id)",
+         ALTER TABLE event_ids ADD PRIMARY KEY (event_id)",
     )
     .await?;
     for (_, def) in &indexes {
         db.batch_execute(def).await.with_context(|| def.clone())?;
     }
-    db.batch_execute("VACUUM ANALYZE events").await?;
+    db.batch_execute("VACUUM ANALYZE events; VACUUM ANALYZE event_ids")
+        .await?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -461,7 +478,7 @@ pub async fn run(options: &Options, checks: &mut Checks) -> anyhow::Result<Value
         "SQL p99 ms",
     ]);
     for rows in options.query_rows() {
-        let seed_s = seed(&db, loaded, rows, end).await?;
+        let seed_s = seed(&db, &pool, loaded, rows, end).await?;
         loaded = rows;
         println!("seeded {} rows in {seed_s:.1} s", thousands(rows as f64));
         let service = QueryProcess::start(&binary, &url).await?;

@@ -59,6 +59,21 @@ struct MigrateArgs {
     #[arg(long, env = "TRIBUTARY_REPLICATION_FACTOR", default_value_t = 1,
           value_parser = clap::value_parser!(i32).range(1..=16))]
     replication_factor: i32,
+    /// How long events, dead letters and alerts are kept (`30d`, `36h`; `0`
+    /// keeps everything): applied to the store after the migrations, and set
+    /// as retention.ms on the topics it creates.
+    #[arg(long, env = "TRIBUTARY_RETENTION", default_value = "30d",
+          value_parser = tributary_platform::config::parse_retention)]
+    retention: Duration,
+    /// The time span of each new partition of events (`1d`, `6h`; from 1h to
+    /// 31d). Changing it only affects partitions created afterwards.
+    #[arg(long, env = "TRIBUTARY_PARTITION_WIDTH", default_value = "1d",
+          value_parser = parse_width)]
+    partition_width: Duration,
+    /// Print what would be done (migrations, partitions to create or drop,
+    /// rows past retention, topics) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Apply only the schema, not the topics.
     #[arg(long)]
     skip_topics: bool,
@@ -122,10 +137,24 @@ fn tracing_subscriber_init() {
     }
 }
 
+fn parse_width(s: &str) -> Result<Duration, String> {
+    let d = config::parse_duration(s)?;
+    if d < Duration::from_secs(3600) || d > Duration::from_secs(31 * 86_400) {
+        return Err(format!("{s:?}: a partition width is from 1h to 31d"));
+    }
+    if !d.as_secs().is_multiple_of(3600) || d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: a partition width is whole hours"));
+    }
+    Ok(d)
+}
+
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    if args.dry_run {
+        return dry_run(&args).await;
+    }
     if !args.skip_schema {
         let pool = tributary_store::pool::build(&PoolConfig::new(&args.database_url))?;
-        let applied = tributary_store::migrate::run(&pool)
+        let applied = tributary_store::migrate::run_with(&pool, args.partition_width)
             .await
             .context("schema migration failed")?;
         println!(
@@ -133,6 +162,28 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             applied.len(),
             tributary_store::migrate::MIGRATIONS.len()
         );
+        if args.retention.is_zero() {
+            println!("retention: 0 (everything is kept)");
+        } else {
+            let report = tributary_store::retention::apply(
+                &pool,
+                args.retention,
+                std::time::SystemTime::now(),
+            )
+            .await
+            .context("applying retention failed")?;
+            for (name, held) in &report.dropped {
+                println!(
+                    "retention: dropped partition {name} (lock held {} ms)",
+                    held.as_millis()
+                );
+            }
+            for (table, n) in &report.deleted {
+                if *n > 0 {
+                    println!("retention: deleted {n} row(s) of {table}");
+                }
+            }
+        }
     }
     if !args.skip_topics {
         let client = admin::client(&args.kafka)?;
@@ -142,14 +193,17 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
                 topic,
                 args.partitions,
                 args.replication_factor,
+                Some(args.retention).filter(|r| !r.is_zero()),
                 Duration::from_secs(10),
             )
             .await
             .with_context(|| format!("cannot create topic {topic}"))?;
             match outcome {
-                TopicOutcome::Created => {
-                    println!("topic {topic}: created with {} partitions", args.partitions)
-                }
+                TopicOutcome::Created => println!(
+                    "topic {topic}: created with {} partitions, retention.ms {}",
+                    args.partitions,
+                    retention_ms(args.retention)
+                ),
                 TopicOutcome::Existed { partitions } if partitions != args.partitions => println!(
                     "topic {topic}: exists with {partitions} partitions (asked for {}; left as is)",
                     args.partitions
@@ -160,6 +214,99 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// retention.ms as the topics get it: -1 (forever) for a retention of 0.
+fn retention_ms(retention: Duration) -> i128 {
+    if retention.is_zero() {
+        -1
+    } else {
+        retention.as_millis() as i128
+    }
+}
+
+/// `migrate --dry-run`: reads, never writes.
+async fn dry_run(args: &MigrateArgs) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now();
+    if !args.skip_schema {
+        let pool = tributary_store::pool::build(&PoolConfig::new(&args.database_url))?;
+        let client = pool.get().await.context("cannot reach PostgreSQL")?;
+        let pending = tributary_store::migrate::pending(&client)
+            .await
+            .context("cannot read the applied migrations")?;
+        println!("schema: {} migration(s) to apply", pending.len());
+        for m in &pending {
+            println!("  {}: {}", m.version, m.summary());
+        }
+        let partitioned = !pending
+            .iter()
+            .any(|m| m.version == tributary_store::migrate::PARTITIONED_EVENTS);
+        if !partitioned {
+            for line in tributary_store::migrate::conversion_plan(&client)
+                .await
+                .context("cannot read events")?
+            {
+                println!("  {line}");
+            }
+            println!(
+                "partitions and retention: planned once events is partitioned (run without --dry-run)"
+            );
+        } else {
+            let existing = tributary_store::partitions::list(&client).await?;
+            let width = tributary_store::partitions::width(&client).await?;
+            if width != args.partition_width {
+                println!(
+                    "partition width: {} s would become {} s (new partitions only)",
+                    width.as_secs(),
+                    args.partition_width.as_secs()
+                );
+            }
+            let planned = tributary_store::partitions::plan(
+                &existing,
+                args.partition_width,
+                now,
+                now + tributary_store::partitions::AHEAD,
+            );
+            println!(
+                "partitions: {} exist, {} to create",
+                existing.len(),
+                planned.len()
+            );
+            for p in &planned {
+                println!("  create {}", p.name);
+            }
+            if args.retention.is_zero() {
+                println!("retention: 0 (everything is kept)");
+            } else {
+                let (drop, rows) =
+                    tributary_store::retention::plan(&client, args.retention, now).await?;
+                for name in &drop {
+                    println!("retention: drop partition {name}");
+                }
+                for (table, n) in &rows {
+                    println!("retention: {n} row(s) of {table} past it");
+                }
+            }
+        }
+    }
+    if !args.skip_topics {
+        let client = admin::client(&args.kafka)?;
+        for topic in [&args.kafka.topic, &args.kafka.dlq_topic] {
+            let outcome = tokio::task::block_in_place(|| {
+                admin::partition_count(client.inner(), topic, Duration::from_secs(10))
+            });
+            match outcome {
+                Ok(n) => println!("topic {topic}: exists with {n} partitions (left as is)"),
+                Err(_) => println!(
+                    "topic {topic}: would be created with {} partitions, retention.ms {}",
+                    args.partitions,
+                    retention_ms(args.retention)
+                ),
+            }
+        }
+    }
+    println!("dry run: nothing was changed");
     Ok(())
 }
 

@@ -27,15 +27,21 @@ pub enum TopicOutcome {
     },
 }
 
-/// Creates `topic` with `partitions` unless it exists.
+/// Creates `topic` with `partitions` unless it exists; `retention` becomes
+/// its `retention.ms` (`None`: the broker's default).
 pub async fn ensure_topic(
     admin: &Admin,
     topic: &str,
     partitions: i32,
     replication: i32,
+    retention: Option<Duration>,
     timeout: Duration,
 ) -> Result<TopicOutcome, KafkaError> {
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let retention_ms = retention.map(|r| r.as_millis().to_string());
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    if let Some(ms) = &retention_ms {
+        new = new.set("retention.ms", ms);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
     let results = admin.create_topics([&new], &options).await?;
     // One topic asked, one result.

@@ -124,14 +124,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 250ms, 5s or 2m"))?;
+        .map_err(|_| format!("{s:?} is not a duration such as 250ms, 5s, 2m or 30d"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// A retention period: a duration of at least one hour (`30d`, `36h`), or
+/// `0` to keep everything.
+pub fn parse_retention(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !d.is_zero() && d < Duration::from_secs(3600) {
+        return Err(format!(
+            "{s:?}: a retention is 0 (keep everything) or at least 1h"
+        ));
+    }
+    Ok(d)
 }
 
 /// A size: `512`, `64KiB`, `256MiB`, `1GiB` (binary units; `KB`, `MB`,
@@ -223,7 +241,16 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("5h"), Ok(Duration::from_secs(5 * 3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn retentions() {
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_retention("36h"), Ok(Duration::from_secs(36 * 3600)));
+        assert!(parse_retention("30m").is_err());
     }
 }

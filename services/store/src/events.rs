@@ -117,7 +117,13 @@ fn contains(value: &serde_json::Value, doc: &serde_json::Value) -> bool {
 }
 
 /// Inserts a batch in one statement; an event whose id is already stored is
-/// left alone (a redelivery or a client retry). Returns the ids inserted now.
+/// left alone (a redelivery or a client retry, even with another
+/// occurred_at). Returns the ids inserted now.
+///
+/// `event_ids` decides: its primary key is the one place an id is unique
+/// across the time partitions, and only the ids it took now get an events
+/// row. Ids go in sorted, so two writers never wait on each other in
+/// opposite orders.
 pub async fn insert_events(
     client: &impl GenericClient,
     events: &[NewEvent],
@@ -132,19 +138,28 @@ pub async fn insert_events(
     }
     let rows = client
         .query(
-            "INSERT INTO events (event_id, event_type, source, user_id, session_id,
+            "WITH input AS (
+                 SELECT DISTINCT ON (event_id) *
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::timestamptz[], $7::timestamptz[], $8::text[], $9::int4[],
+                             $10::int8[], $11::text[], $12::int4[])
+                      AS e(event_id, event_type, source, user_id, session_id, occurred_at,
+                           received_at, payload, kafka_partition, kafka_offset, trace_id,
+                           schema_version)
+                 ORDER BY event_id, kafka_partition, kafka_offset
+             ), fresh AS (
+                 INSERT INTO event_ids (event_id, occurred_at)
+                 SELECT event_id, occurred_at FROM input
+                 ON CONFLICT (event_id) DO NOTHING
+                 RETURNING event_id
+             )
+             INSERT INTO events (event_id, event_type, source, user_id, session_id,
                                  occurred_at, received_at, payload, kafka_partition,
                                  kafka_offset, trace_id, schema_version)
              SELECT e.event_id, e.event_type, e.source, e.user_id, e.session_id,
                     e.occurred_at, e.received_at, e.payload::jsonb, e.kafka_partition,
                     e.kafka_offset, e.trace_id, e.schema_version
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::timestamptz[], $7::timestamptz[], $8::text[], $9::int4[],
-                         $10::int8[], $11::text[], $12::int4[])
-                  AS e(event_id, event_type, source, user_id, session_id, occurred_at,
-                       received_at, payload, kafka_partition, kafka_offset, trace_id,
-                       schema_version)
-             ON CONFLICT (event_id) DO NOTHING
+             FROM input e JOIN fresh USING (event_id)
              RETURNING event_id",
             &[
                 &column!(event_id),
@@ -229,7 +244,13 @@ pub async fn get_event(
     client: &impl GenericClient,
     event_id: &str,
 ) -> Result<Option<EventRow>, StoreError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1");
+    // event_ids names the one partition to look in (pruned when the
+    // statement runs).
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+          WHERE event_id = $1
+            AND occurred_at = (SELECT occurred_at FROM event_ids WHERE event_id = $1)"
+    );
     Ok(client
         .query_opt(&sql, &[&event_id])
         .await?

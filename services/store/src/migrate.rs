@@ -51,18 +51,127 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261201130000_subscription_dead_letters",
         sql: include_str!("../migrations/20261201130000_subscription_dead_letters.sql"),
     },
+    Migration {
+        version: "20261202000000_partitioned_events",
+        sql: include_str!("../migrations/20261202000000_partitioned_events.sql"),
+    },
+    Migration {
+        version: "20261202010000_retention",
+        sql: include_str!("../migrations/20261202010000_retention.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.
-const LOCK_KEY: i64 = 0x7472_6962_7574_6172; // "tributar"
+pub const LOCK_KEY: i64 = 0x7472_6962_7574_6172; // "tributar"
+
+/// The migration that makes events a partitioned table.
+pub const PARTITIONED_EVENTS: &str = "20261202000000_partitioned_events";
+
+impl Migration {
+    /// The first sentence of its leading comment.
+    pub fn summary(&self) -> String {
+        let comment: Vec<&str> = self
+            .sql
+            .lines()
+            .map_while(|l| l.strip_prefix("--"))
+            .map(str::trim)
+            .collect();
+        let text = comment.join(" ");
+        match text.find(". ") {
+            Some(end) => text[..=end].to_owned(),
+            None if text.is_empty() => "(no comment)".to_owned(),
+            None => text,
+        }
+    }
+}
+
+/// The migrations not applied yet, in order (reads only).
+pub async fn pending(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<Vec<&'static Migration>, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let applied: std::collections::HashSet<String> = if exists {
+        client
+            .query("SELECT version FROM schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Default::default()
+    };
+    Ok(MIGRATIONS
+        .iter()
+        .filter(|m| !applied.contains(m.version))
+        .collect())
+}
+
+/// What [`PARTITIONED_EVENTS`] will do to the events already stored, as
+/// lines for `migrate --dry-run` (reads only).
+pub async fn conversion_plan(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<Vec<String>, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('events') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(vec!["events: created partitioned (a new database)".into()]);
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*), max(occurred_at)::text,
+                    (date_bin('1 day', max(occurred_at), timestamptz '2000-01-01 00:00:00+00')
+                     + interval '1 day')::text
+               FROM events",
+            &[],
+        )
+        .await?;
+    let rows: i64 = row.get(0);
+    Ok(
+        match (
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<String>>(2),
+        ) {
+            (Some(newest), Some(bound)) => vec![
+                format!(
+                    "events: {rows} row(s) stay in place as partition events_legacy (occurred_at before {bound}; the newest is {newest})"
+                ),
+                format!(
+                    "event_ids: filled with {rows} row(s); the processor's inserts wait until the migration commits, queries wait only for its last steps (docs/upgrading.md)"
+                ),
+                "events_default: created; new partitions follow the legacy one".into(),
+            ],
+            _ => vec!["events: empty; replaced by the partitioned table".into()],
+        },
+    )
+}
 
 /// Applies what is missing; returns the versions it applied.
 pub async fn run(pool: &Pool) -> Result<Vec<&'static str>, StoreError> {
+    run_with(pool, crate::partitions::DEFAULT_WIDTH).await
+}
+
+/// [`run`], with the width of partitions created from now on.
+pub async fn run_with(
+    pool: &Pool,
+    width: std::time::Duration,
+) -> Result<Vec<&'static str>, StoreError> {
     let mut client = pool.get().await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = apply(&mut client).await;
+    let mut result = apply(&mut client).await;
+    // At every run: the width, and the partitions of the next days (their
+    // advisory lock is this one again, held by this session already).
+    if result.is_ok()
+        && let Err(e) = prepare_partitions(&mut client, width).await
+    {
+        result = Err(e);
+    }
     // Unlock even when a migration failed; the session ends with the
     // connection anyway, but the pool keeps connections.
     let unlock = client
@@ -71,6 +180,21 @@ pub async fn run(pool: &Pool) -> Result<Vec<&'static str>, StoreError> {
     let applied = result?;
     unlock?;
     Ok(applied)
+}
+
+async fn prepare_partitions(
+    client: &mut deadpool_postgres::Object,
+    width: std::time::Duration,
+) -> Result<(), StoreError> {
+    if crate::partitions::width(&*client).await? != width {
+        crate::partitions::set_width(&*client, width).await?;
+        tracing::info!(
+            seconds = width.as_secs(),
+            "new partitions of events get a new width"
+        );
+    }
+    crate::partitions::ensure_ahead(client, std::time::SystemTime::now()).await?;
+    Ok(())
 }
 
 async fn apply(client: &mut deadpool_postgres::Object) -> Result<Vec<&'static str>, StoreError> {

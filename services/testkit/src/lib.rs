@@ -224,6 +224,7 @@ impl TestBroker {
                 topic,
                 partitions,
                 1,
+                None,
                 Duration::from_secs(10),
             )
             .await?;
