@@ -109,6 +109,7 @@ struct Source {
     message: OwnedMessage,
     event_id: String,
     event_type: String,
+    user_id: String,
 }
 
 pub async fn run(shared: Arc<Shared>, row: SubscriptionRow, token: CancellationToken) -> Ended {
@@ -236,6 +237,7 @@ impl Worker {
                         reason: reason.clone(),
                         event_id: Some(s.event_id.clone()),
                         event_type: Some(s.event_type.clone()),
+                        user_id: Some(s.user_id.clone()),
                     },
                 );
                 d.subscription.clone_from(&self.name);
@@ -440,6 +442,7 @@ impl Worker {
                             message,
                             event_id: event.row.event_id.clone(),
                             event_type: event.row.event_type.clone(),
+                            user_id: event.row.user_id.clone(),
                         });
                         first.get_or_insert_with(Instant::now);
                     }

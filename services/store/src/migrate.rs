@@ -51,6 +51,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261201130000_subscription_dead_letters",
         sql: include_str!("../migrations/20261201130000_subscription_dead_letters.sql"),
     },
+    Migration {
+        version: "20261202100000_erasure",
+        sql: include_str!("../migrations/20261202100000_erasure.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.

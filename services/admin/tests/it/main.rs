@@ -167,6 +167,7 @@ mod admin_rpcs {
                 event_id: None,
                 event_type: None,
                 subscription: String::new(),
+                user_id: None,
             })
             .collect();
         // The third record is also a dead letter of a subscription: kept
