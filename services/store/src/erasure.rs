@@ -98,6 +98,20 @@ pub async fn lock_exclusive(tx: &impl GenericClient) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// [`lock_exclusive`], waiting at most `within` for this and every later
+/// lock of the transaction (then [`StoreError::is_lock_timeout`]). While an
+/// erasure waits, new shared requests queue behind it: the bound keeps a
+/// long redrive from stalling the processor through a waiting erasure.
+pub async fn lock_exclusive_within(
+    tx: &impl GenericClient,
+    within: Duration,
+) -> Result<(), StoreError> {
+    let ms = format!("{}ms", within.as_millis().max(1));
+    tx.execute("SELECT set_config('lock_timeout', $1, true)", &[&ms])
+        .await?;
+    lock_exclusive(tx).await
+}
+
 /// One partition's end offset (the offset its next record gets) when the
 /// user was erased: the user's records below it are skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
