@@ -80,6 +80,13 @@ impl SubscriberService for PullApi {
                 ));
             }
         };
+        if !self.shared.tombstones.loaded() {
+            // Nothing is known erased before the tombstones are read.
+            return Err(pstatus::unavailable_retry(
+                "dispatch has not read the erasure tombstones yet (PostgreSQL?); retry",
+                Duration::from_secs(1),
+            ));
+        }
         let name = first.subscription.clone();
         let n = name.clone();
         let row = self
@@ -277,6 +284,21 @@ impl Session {
         }
         p.next = offset + 1;
         let event = match record::decode(m, &self.shared.schemas) {
+            Decoded::Event(e)
+                if self.shared.tombstones.is_erased(
+                    &self.shared.kafka.topic,
+                    &e.row.user_id,
+                    partition,
+                    offset,
+                ) =>
+            {
+                self.shared
+                    .metrics
+                    .events
+                    .with_label_values(&[&self.name, "erased"])
+                    .inc();
+                return;
+            }
             Decoded::Event(e) => {
                 matching(&self.filter, &e.row).map(|payload| stored_event(&e.row, payload))
             }
