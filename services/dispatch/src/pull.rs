@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// How often the subscription (paused? changed? deleted?) and the stream's
 /// partition assignment are looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a new stream waits for dispatch's first read of the erasure
+/// tombstones (only just after start).
+const TOMBSTONES_WAIT: Duration = Duration::from_secs(5);
 
 pub struct PullApi {
     shared: Arc<Shared>,
@@ -80,13 +83,6 @@ impl SubscriberService for PullApi {
                 ));
             }
         };
-        if !self.shared.tombstones.loaded() {
-            // Nothing is known erased before the tombstones are read.
-            return Err(pstatus::unavailable_retry(
-                "dispatch has not read the erasure tombstones yet (PostgreSQL?); retry",
-                Duration::from_secs(1),
-            ));
-        }
         let name = first.subscription.clone();
         let n = name.clone();
         let row = self
@@ -116,6 +112,18 @@ impl SubscriberService for PullApi {
             .as_ref()
             .map_or(100, |b| usize::try_from(b.max_events).unwrap_or(100))
             .clamp(1, 1000);
+        // Nothing is known erased before the tombstones are read (just
+        // after start): wait for them a while, as for the subscription.
+        let loading = tokio::time::Instant::now();
+        while !self.shared.tombstones.loaded() {
+            if loading.elapsed() >= TOMBSTONES_WAIT {
+                return Err(pstatus::unavailable_retry(
+                    "dispatch has not read the erasure tombstones yet (PostgreSQL?); retry",
+                    Duration::from_secs(1),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let consumer = consumer::build(
             &self.shared.kafka,
             &ConsumerSettings {
