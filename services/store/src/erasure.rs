@@ -448,3 +448,40 @@ pub async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_never_printed() {
+        assert_eq!(format!("{:?}", ErasureKey([7; 32])), "ErasureKey(..)");
+    }
+
+    #[test]
+    fn tombstones_cover_a_users_records_below_the_end_offset_only() {
+        let key = ErasureKey([1; 32]);
+        let tombstones = Tombstones::default();
+        assert!(!tombstones.is_erased("events", "u1", 0, 0), "nothing known");
+        {
+            let mut known = tombstones.known.write().unwrap_or_else(|e| e.into_inner());
+            known.key = Some(key.clone());
+            known
+                .ends
+                .insert(key.user_hash("u1"), vec![("events".into(), 0, 10)]);
+        }
+        assert!(tombstones.is_erased("events", "u1", 0, 9));
+        assert!(
+            !tombstones.is_erased("events", "u1", 0, 10),
+            "after the erasure"
+        );
+        assert!(
+            !tombstones.is_erased("events", "u1", 1, 0),
+            "another partition"
+        );
+        assert!(!tombstones.is_erased("other", "u1", 0, 0), "another topic");
+        assert!(!tombstones.is_erased("events", "u2", 0, 0), "another user");
+        assert!(!tombstones.is_erased("events", "", 0, 0), "no user");
+        assert_ne!(key.user_hash("u1"), ErasureKey([2; 32]).user_hash("u1"));
+    }
+}
