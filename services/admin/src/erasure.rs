@@ -12,6 +12,7 @@ use tributary_kafka::KafkaError;
 use tributary_platform::record::user_id_of;
 use tributary_platform::status::{self as pstatus, violation};
 use tributary_proto::v1::{EraseUserRequest, EraseUserResponse, PartitionOffset, TopicOffsets};
+use tributary_proto::validate::MAX_TEXT_FIELD_CHARS;
 use tributary_store::erasure::{self, EndOffset};
 
 use crate::context::{AdminContext, blocking, db_status};
@@ -27,8 +28,19 @@ pub async fn erase_user(
     request: EraseUserRequest,
 ) -> Result<EraseUserResponse, Status> {
     let user_id = request.user_id;
+    // The rules ingest applies to Event.user_id: no stored user is outside
+    // them (and PostgreSQL's text cannot hold NUL).
     if user_id.is_empty() {
         return Err(violation("user_id", "is required"));
+    }
+    if user_id.chars().count() > MAX_TEXT_FIELD_CHARS {
+        return Err(violation(
+            "user_id",
+            format!("must be at most {MAX_TEXT_FIELD_CHARS} characters"),
+        ));
+    }
+    if user_id.contains('\0') {
+        return Err(violation("user_id", "must not contain a NUL character"));
     }
     let db = |e: tributary_store::StoreError| db_status(CONTEXT, &e);
     // Outside the erasure's transaction: the key must be stored whatever

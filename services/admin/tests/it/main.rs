@@ -992,6 +992,18 @@ mod admin_rpcs {
         assert_eq!(empty.code(), Code::InvalidArgument);
         let details = tonic_types::StatusExt::get_details_bad_request(&empty).unwrap();
         assert_eq!(details.field_violations[0].field, "user_id");
+        for bad in ["a\0b".to_owned(), "x".repeat(257)] {
+            let refused = client
+                .erase_user(EraseUserRequest { user_id: bad })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument);
+            assert!(
+                refused.message().starts_with("user_id:"),
+                "{}",
+                refused.message()
+            );
+        }
 
         let erased = client
             .erase_user(EraseUserRequest {
