@@ -157,6 +157,12 @@ pub async fn redrive(
             .transaction()
             .await
             .map_err(|e| db_status("cannot redrive", &e.into()))?;
+        // Shared with the processor, exclusive for an erasure: the user's
+        // letter is either re-published before the erasure reads the end
+        // offsets (and skipped below them) or already deleted.
+        tributary_store::erasure::lock_shared(&tx)
+            .await
+            .map_err(|e| db_status("cannot redrive", &e))?;
         let (claimed, already) = store::claim_for_redrive(&tx, &Selection::Ids(vec![id]), 1)
             .await
             .map_err(|e| db_status("cannot redrive", &e))?;

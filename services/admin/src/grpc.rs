@@ -1,5 +1,6 @@
 //! `tributary.v1.AdminService`: topics, consumer groups and lag here; replay,
-//! dead letters, the registry, rules and pipeline status in their modules.
+//! dead letters, the registry, rules, erasure and pipeline status in their
+//! modules.
 
 use std::time::Duration;
 
@@ -327,6 +328,15 @@ impl AdminService for AdminApi {
         request: Request<SeekSubscriptionRequest>,
     ) -> Result<Response<SeekSubscriptionResponse>, Status> {
         crate::subscriptions::seek(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn erase_user(
+        &self,
+        request: Request<EraseUserRequest>,
+    ) -> Result<Response<EraseUserResponse>, Status> {
+        crate::erasure::erase_user(&self.ctx, request.into_inner())
             .await
             .map(Response::new)
     }

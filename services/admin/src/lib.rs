@@ -6,6 +6,7 @@ mod compat;
 mod config;
 mod context;
 mod dead_letters;
+mod erasure;
 mod grpc;
 pub mod lag;
 mod maintenance;

@@ -44,11 +44,7 @@ pub async fn reset_offsets(
                 .iter()
                 .find(|g| g.name() == group)
                 .map_or(0, |g| g.members().len());
-            let n = tributary_kafka::admin::partition_count(consumer.client(), &t, TIMEOUT)?;
-            let mut watermarks = BTreeMap::new();
-            for p in 0..n {
-                watermarks.insert(p, consumer.fetch_watermarks(&t, p, TIMEOUT)?);
-            }
+            let watermarks = tributary_kafka::admin::watermarks(&consumer, &t, TIMEOUT)?;
             Ok((members, watermarks))
         },
         "cannot read the group and topic",

@@ -15,7 +15,17 @@ pub struct Shared {
     pub webhooks: EgressPolicy,
     pub metrics: DispatchMetrics,
     pub failing_after: Duration,
+    /// Erased users' tombstones, refreshed every [`ERASURES_REFRESH`]:
+    /// their records below the tombstone offsets are not delivered.
+    pub tombstones: tributary_store::erasure::Tombstones,
 }
+
+/// How often dispatch reads new erasure tombstones. The window: for at most
+/// this long after an erasure commits, a subscription reading the user's
+/// older records (a seek, a lagging group) may still deliver them; from then
+/// on they are skipped. Its dead letters are checked in PostgreSQL instead,
+/// under the erasure lock, so none of the user's is ever written back.
+pub const ERASURES_REFRESH: Duration = Duration::from_secs(2);
 
 /// The event's payload when `filter` takes the event; `None` when it does
 /// not (or the payload is not JSON, which a decoded event's always is).

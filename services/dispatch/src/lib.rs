@@ -88,6 +88,13 @@ impl Dispatch {
             std::time::Duration::from_secs(30),
             token.clone().cancelled_owned(),
         ));
+        let tombstones = tributary_store::erasure::Tombstones::default();
+        let tombstones_refresher = tokio::spawn(tributary_store::erasure::follow(
+            tombstones.clone(),
+            self.pool.clone(),
+            context::ERASURES_REFRESH,
+            token.clone().cancelled_owned(),
+        ));
         let shared = Arc::new(context::Shared {
             kafka: self.config.kafka.clone(),
             pool: self.pool.clone(),
@@ -95,6 +102,7 @@ impl Dispatch {
             webhooks: tributary_platform::egress::EgressPolicy::new(&self.config.webhooks),
             metrics: self.metrics.clone(),
             failing_after: self.config.failing_after,
+            tombstones,
         });
         let security = service::Security::build(
             &self.config.edge,
@@ -121,6 +129,7 @@ impl Dispatch {
         }));
         supervise(shared, self.config.poll_interval, token.clone()).await;
         refresher.abort();
+        tombstones_refresher.abort();
         token.cancel();
         server.await.context("gRPC server task")?
     }

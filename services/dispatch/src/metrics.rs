@@ -9,7 +9,7 @@ pub const STATES: [&str; 4] = ["active", "paused", "failing", "disabled"];
 
 #[derive(Clone)]
 pub struct DispatchMetrics {
-    /// result: delivered, filtered, dead_lettered.
+    /// result: delivered, filtered, dead_lettered, erased.
     pub events: IntCounterVec,
     /// code: 2xx, 3xx, 4xx, 5xx, timeout, connect_error.
     pub deliveries: IntCounterVec,
@@ -23,7 +23,7 @@ impl DispatchMetrics {
             events: counter_vec(
                 registry,
                 "tributary_subscription_events_total",
-                "Records a subscription handled: delivered, filtered (not matching, or not a valid event) or dead_lettered",
+                "Records a subscription handled: delivered, filtered (not matching, or not a valid event), dead_lettered, or erased (an erased user's, below the erasure's end offset: skipped)",
                 &["subscription", "result"],
             )?,
             deliveries: counter_vec(

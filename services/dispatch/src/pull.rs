@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// How often the subscription (paused? changed? deleted?) and the stream's
 /// partition assignment are looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a new stream waits for dispatch's first read of the erasure
+/// tombstones (only just after start).
+const TOMBSTONES_WAIT: Duration = Duration::from_secs(5);
 
 pub struct PullApi {
     shared: Arc<Shared>,
@@ -109,6 +112,18 @@ impl SubscriberService for PullApi {
             .as_ref()
             .map_or(100, |b| usize::try_from(b.max_events).unwrap_or(100))
             .clamp(1, 1000);
+        // Nothing is known erased before the tombstones are read (just
+        // after start): wait for them a while, as for the subscription.
+        let loading = tokio::time::Instant::now();
+        while !self.shared.tombstones.loaded() {
+            if loading.elapsed() >= TOMBSTONES_WAIT {
+                return Err(pstatus::unavailable_retry(
+                    "dispatch has not read the erasure tombstones yet (PostgreSQL?); retry",
+                    Duration::from_secs(1),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let consumer = consumer::build(
             &self.shared.kafka,
             &ConsumerSettings {
@@ -277,6 +292,21 @@ impl Session {
         }
         p.next = offset + 1;
         let event = match record::decode(m, &self.shared.schemas) {
+            Decoded::Event(e)
+                if self.shared.tombstones.is_erased(
+                    &self.shared.kafka.topic,
+                    &e.row.user_id,
+                    partition,
+                    offset,
+                ) =>
+            {
+                self.shared
+                    .metrics
+                    .events
+                    .with_label_values(&[&self.name, "erased"])
+                    .inc();
+                return;
+            }
             Decoded::Event(e) => {
                 matching(&self.filter, &e.row).map(|payload| stored_event(&e.row, payload))
             }

@@ -99,6 +99,8 @@ struct Batch {
     next: BTreeMap<i32, i64>,
     /// Records read that the filter (or the validation) skipped.
     filtered: u64,
+    /// Records of erased users (below their tombstones) skipped.
+    erased: u64,
     /// The producer spans of the batch's events (each once), for the
     /// delivery span's links.
     links: Vec<opentelemetry::trace::SpanContext>,
@@ -109,6 +111,7 @@ struct Source {
     message: OwnedMessage,
     event_id: String,
     event_type: String,
+    user_id: String,
 }
 
 pub async fn run(shared: Arc<Shared>, row: SubscriptionRow, token: CancellationToken) -> Ended {
@@ -118,6 +121,14 @@ pub async fn run(shared: Arc<Shared>, row: SubscriptionRow, token: CancellationT
         tracing::warn!(subscription = %name, "not a valid push subscription; not delivering");
         return Ended::Failed;
     };
+    // Until the tombstones are read, nothing is known erased: deliver
+    // nothing before.
+    while !shared.tombstones.loaded() {
+        tokio::select! {
+            () = token.cancelled() => return Ended::Stopped,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
     let group = store::consumer_group(&name);
     let consumer = match consumer::build(
         &shared.kafka,
@@ -196,6 +207,9 @@ impl Worker {
             m.events
                 .with_label_values(&[&self.name, "filtered"])
                 .inc_by(batch.filtered);
+            m.events
+                .with_label_values(&[&self.name, "erased"])
+                .inc_by(batch.erased);
             if !batch.events.is_empty() {
                 // One trace per delivery, linked to its events' producer
                 // spans (as the processor's batch span is).
@@ -236,20 +250,48 @@ impl Worker {
                         reason: reason.clone(),
                         event_id: Some(s.event_id.clone()),
                         event_type: Some(s.event_type.clone()),
+                        user_id: Some(s.user_id.clone()),
                     },
                 );
                 d.subscription.clone_from(&self.name);
                 d
             })
             .collect();
-        loop {
+        let topic = self.shared.kafka.topic.clone();
+        let tombstones = self.shared.tombstones.clone();
+        let erased = loop {
             let r = self
                 .shared
                 .pool
-                .run(async |c| tributary_store::events::insert_dead_letters(c, &rows).await)
+                .run(async |c| {
+                    // As the processor stores: under the erasure lock, and
+                    // not the letters of a user erased meanwhile.
+                    let key = match tombstones.key() {
+                        Some(k) => k,
+                        None => tributary_store::erasure::key(c).await?,
+                    };
+                    let tx = c.transaction().await?;
+                    tributary_store::erasure::lock_shared(&tx).await?;
+                    let gone = tributary_store::erasure::erased(
+                        &tx,
+                        &key,
+                        &topic,
+                        rows.iter()
+                            .filter_map(|d| Some((d.user_id.as_deref()?, d.partition, d.offset))),
+                    )
+                    .await?;
+                    let kept: Vec<NewDeadLetter> = rows
+                        .iter()
+                        .filter(|d| !gone.contains(&(d.partition, d.offset)))
+                        .cloned()
+                        .collect();
+                    tributary_store::events::insert_dead_letters(&tx, &kept).await?;
+                    tx.commit().await?;
+                    Ok(rows.len() - kept.len())
+                })
                 .await;
             match r {
-                Ok(_) => break,
+                Ok(n) => break n,
                 Err(e) => {
                     tracing::warn!(subscription = %self.name, error = %tributary_store::error_chain(&e), "cannot keep the dead letters; retrying");
                     tokio::select! {
@@ -258,13 +300,16 @@ impl Worker {
                     }
                 }
             }
-        }
-        tracing::warn!(subscription = %self.name, events = rows.len(), reason = %reason, "batch dead-lettered");
-        self.shared
-            .metrics
-            .events
+        };
+        let kept = rows.len() - erased;
+        tracing::warn!(subscription = %self.name, events = kept, erased, reason = %reason, "batch dead-lettered");
+        let m = &self.shared.metrics;
+        m.events
             .with_label_values(&[&self.name, "dead_lettered"])
-            .inc_by(rows.len() as u64);
+            .inc_by(kept as u64);
+        m.events
+            .with_label_values(&[&self.name, "erased"])
+            .inc_by(erased as u64);
         true
     }
 
@@ -295,6 +340,7 @@ impl Worker {
         let mut events = Vec::new();
         let mut ids = Vec::new();
         let mut undecodable = Vec::new();
+        let mut erased = Vec::new();
         for d in queued {
             let message = OwnedMessage::new(
                 d.value,
@@ -315,6 +361,7 @@ impl Worker {
                 ),
             );
             match record::decode(&message, &self.shared.schemas) {
+                Decoded::Event(e) if self.erased(&e.row) => erased.push(d.id),
                 Decoded::Event(e) => match serde_json::from_str(&e.row.payload_json) {
                     Ok(payload) => {
                         events.push(stored_event_json(&e.row, payload));
@@ -332,6 +379,17 @@ impl Worker {
                 "not a valid event any more; not delivered",
             )
             .await;
+        }
+        if !erased.is_empty() {
+            // (The erasure deletes such letters; one queued just before it
+            // committed is let go here.)
+            self.finish_redrive(&erased, false, "the user was erased; not delivered")
+                .await;
+            self.shared
+                .metrics
+                .events
+                .with_label_values(&[&self.name, "erased"])
+                .inc_by(erased.len() as u64);
         }
         if events.is_empty() {
             return None;
@@ -370,6 +428,16 @@ impl Worker {
             // least once); not delivered and not cleared: it is retried.
             tracing::warn!(subscription = %self.name, error = %tributary_store::error_chain(&e), "cannot record the redrive's outcome");
         }
+    }
+
+    /// Whether the event is an erased user's, below the tombstone.
+    fn erased(&self, e: &NewEvent) -> bool {
+        self.shared.tombstones.is_erased(
+            &self.shared.kafka.topic,
+            &e.user_id,
+            e.partition,
+            e.offset,
+        )
     }
 
     /// Marks the batch done: the next commit resumes after it.
@@ -426,6 +494,7 @@ impl Worker {
             batch.next.insert(message.partition(), message.offset() + 1);
             match record::decode(&message, &self.shared.schemas) {
                 Decoded::Poison(_) => batch.filtered += 1,
+                Decoded::Event(event) if self.erased(&event.row) => batch.erased += 1,
                 Decoded::Event(event) => match matching(&self.settings.filter, &event.row) {
                     Some(payload) => {
                         let json = stored_event_json(&event.row, payload);
@@ -440,6 +509,7 @@ impl Worker {
                             message,
                             event_id: event.row.event_id.clone(),
                             event_type: event.row.event_type.clone(),
+                            user_id: event.row.user_id.clone(),
                         });
                         first.get_or_insert_with(Instant::now);
                     }

@@ -2,30 +2,10 @@
 //! HMAC-SHA256("{id}.{timestamp}.{body}")>`, keyed by the base64-decoded
 //! bytes after a secret's `whsec_` prefix; one signature per secret,
 //! space-separated, while an old secret still signs during a rotation.
+//! The HMAC itself is the store's (erasure keys its user hashes with it).
 
 use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
-
-const BLOCK: usize = 64;
-
-/// HMAC-SHA256 (RFC 2104).
-pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let mut inner = Sha256::new();
-    inner.update(pad(0x36));
-    inner.update(message);
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(pad(0x5c));
-    outer.update(inner);
-    outer.finalize().into()
-}
+use tributary_store::hmac::hmac_sha256;
 
 /// The key bytes of a `whsec_` secret; `None` for one that is not.
 pub fn key_of(secret: &str) -> Option<Vec<u8>> {
@@ -59,27 +39,6 @@ pub fn signature(secrets: &[String], id: &str, timestamp: u64, body: &[u8]) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn hmac_matches_rfc_4231() {
-        // Test case 2.
-        assert_eq!(
-            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        // Test case 6: a key longer than the block.
-        assert_eq!(
-            hex(&hmac_sha256(
-                &[0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            )),
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        );
-    }
 
     #[test]
     fn signs_as_the_standard_webhooks_example() {

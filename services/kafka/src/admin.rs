@@ -2,10 +2,12 @@
 //! cannot add partitions later, and an auto-created topic would get its
 //! default count).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
@@ -96,4 +98,20 @@ pub fn partition_count<C: ClientContext>(
             topic: topic.to_owned(),
         }),
     }
+}
+
+/// Per partition of `topic`, its earliest offset and its end offset (the
+/// offset the next record will get, the high watermark). Blocking: run it
+/// off the async threads.
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+    let partitions = partition_count(consumer.client(), topic, timeout)?;
+    let mut out = BTreeMap::new();
+    for p in 0..partitions {
+        out.insert(p, consumer.fetch_watermarks(topic, p, timeout)?);
+    }
+    Ok(out)
 }

@@ -42,6 +42,9 @@ pub struct Rejection {
     pub reason: String,
     pub event_id: Option<String>,
     pub event_type: Option<String>,
+    /// The event's user ('' for none), when the envelope decoded: an
+    /// erasure finds the user's dead letters by it.
+    pub user_id: Option<String>,
 }
 
 impl Rejection {
@@ -50,8 +53,16 @@ impl Rejection {
             reason: reason.into(),
             event_id: None,
             event_type: None,
+            user_id: None,
         }
     }
+}
+
+/// The user of a record value (an event envelope), '' for an event without
+/// one; `None` when the value is not an envelope with an event. What an
+/// erasure reads from dead letters stored before they recorded their user.
+pub fn user_id_of(value: &[u8]) -> Option<String> {
+    EventEnvelope::decode(value).ok()?.event.map(|e| e.user_id)
 }
 
 fn decode_event(message: &OwnedMessage, schemas: &SchemaCache) -> Result<DecodedEvent, Rejection> {
@@ -67,6 +78,7 @@ fn decode_event(message: &OwnedMessage, schemas: &SchemaCache) -> Result<Decoded
         reason,
         event_id: Some(event.event_id.clone()).filter(|s| !s.is_empty()),
         event_type: Some(event.event_type.clone()).filter(|s| !s.is_empty()),
+        user_id: Some(event.user_id.clone()),
     };
     if envelope.envelope_version > MAX_ENVELOPE_VERSION {
         return Err(identify(
@@ -197,6 +209,7 @@ pub fn dead_letter(message: &OwnedMessage, rejection: Rejection) -> NewDeadLette
         event_id: rejection.event_id,
         event_type: rejection.event_type,
         subscription: String::new(),
+        user_id: rejection.user_id,
     }
 }
 
@@ -207,6 +220,7 @@ pub fn rejection_for(row: &NewEvent, reason: String) -> Rejection {
         reason,
         event_id: Some(row.event_id.clone()),
         event_type: Some(row.event_type.clone()),
+        user_id: Some(row.user_id.clone()),
     }
 }
 
@@ -285,6 +299,26 @@ mod tests {
             ))))),
             "event.payload: contains a NUL character"
         );
+    }
+
+    #[test]
+    fn dead_letters_name_their_user_when_the_envelope_decodes() {
+        let mut value = EventEnvelope::decode(envelope("Bad", "{}").as_slice()).unwrap();
+        if let Some(e) = value.event.as_mut() {
+            e.user_id = "u-7".into();
+        }
+        let bytes = value.encode_to_vec();
+        match decode_plain(&record(Some(bytes.clone()))) {
+            Decoded::Poison(p) => assert_eq!(p.user_id.as_deref(), Some("u-7")),
+            Decoded::Event(_) => panic!("an invalid event type was stored"),
+        }
+        match decode_plain(&record(Some(b"\xff\xff garbage".to_vec()))) {
+            Decoded::Poison(p) => assert_eq!(p.user_id, None),
+            Decoded::Event(_) => panic!("garbage was stored"),
+        }
+        assert_eq!(user_id_of(&bytes).as_deref(), Some("u-7"));
+        assert_eq!(user_id_of(&envelope("a", "{}")).as_deref(), Some(""));
+        assert_eq!(user_id_of(b"\xff\xff garbage"), None);
     }
 
     #[test]

@@ -131,6 +131,8 @@ impl Processor {
             rules,
             schemas,
             consumer: self.consumer.clone(),
+            topic: self.config.kafka.topic.clone(),
+            erasure_key: tokio::sync::OnceCell::new(),
             pool: self.pool.clone(),
             dlq: self.dlq.clone(),
             dlq_topic: self.config.kafka.dlq_topic.clone(),

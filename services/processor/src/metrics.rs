@@ -15,10 +15,10 @@ impl ProcessorMetrics {
         let events = counter_vec(
             registry,
             "tributary_processor_events_total",
-            "Records handled: persisted (a new row), duplicate (already stored) or dead_lettered",
+            "Records handled: persisted (a new row), duplicate (already stored), dead_lettered, or erased (an erased user's, below the erasure's end offset: skipped)",
             &["result"],
         )?;
-        for r in ["persisted", "duplicate", "dead_lettered"] {
+        for r in ["persisted", "duplicate", "dead_lettered", "erased"] {
             let _ = events.with_label_values(&[r]);
         }
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> MetricsResult<Histogram> {
@@ -65,6 +65,10 @@ impl ProcessorMetrics {
         self.events
             .with_label_values(&["duplicate"])
             .inc_by(n as u64);
+    }
+
+    pub fn erased(&self, n: usize) {
+        self.events.with_label_values(&["erased"]).inc_by(n as u64);
     }
 
     pub fn dead_lettered(&self, n: usize) {

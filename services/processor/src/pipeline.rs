@@ -19,6 +19,7 @@ use tributary_kafka::consumer::Consumer;
 use tributary_kafka::producer::{Producer, Record};
 use tributary_platform::shutdown::CancellationToken;
 use tributary_store::Pool;
+use tributary_store::erasure::{self, ErasureKey};
 use tributary_store::events::{self, NewDeadLetter, NewEvent};
 
 use crate::metrics::ProcessorMetrics;
@@ -26,6 +27,8 @@ use tributary_platform::record::{self as decode, Decoded};
 
 pub struct Pipeline {
     pub consumer: Arc<Consumer>,
+    /// The topic consumed (erasure tombstones are per topic).
+    pub topic: String,
     pub pool: Pool,
     pub dlq: Producer,
     pub dlq_topic: String,
@@ -39,6 +42,8 @@ pub struct Pipeline {
     pub rules: crate::rules::RuleCache,
     /// Where rule webhooks may connect.
     pub webhooks: tributary_platform::egress::EgressPolicy,
+    /// The key of erasure tombstones' user hashes, read (or made) once.
+    pub erasure_key: tokio::sync::OnceCell<ErasureKey>,
 }
 
 /// Why storing a batch stopped short.
@@ -198,9 +203,12 @@ impl Pipeline {
         self.metrics.persisted(outcome.inserted.len());
         self.metrics.duplicates(
             rows.len()
-                .saturating_sub(outcome.inserted.len() + outcome.refused),
+                .saturating_sub(outcome.inserted.len() + outcome.refused + outcome.erased_rows),
         );
-        self.metrics.dead_lettered(poison.len() + outcome.refused);
+        self.metrics
+            .dead_lettered(outcome.dead_lettered + outcome.refused);
+        self.metrics
+            .erased(outcome.erased_rows + outcome.erased_letters);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics
             .batch_duration
@@ -216,17 +224,26 @@ impl Pipeline {
         poison: &[NewDeadLetter],
         batch: &[OwnedMessage],
     ) -> Result<Stored, StoreFailure> {
-        self.publish_dead_letters(poison).await?;
-        match self.insert(rows, poison).await {
-            Ok(inserted) => Ok(Stored {
-                inserted,
+        // An erased user's poison must not reach the dead-letter topic
+        // either (the transaction below checks again, under the lock).
+        let (poison, erased_early) = self.without_erased(poison).await?;
+        self.publish_dead_letters(&poison).await?;
+        match self.insert(rows, &poison).await {
+            Ok(done) => Ok(Stored {
+                inserted: done.inserted,
                 refused: 0,
+                erased_rows: done.erased_rows,
+                erased_letters: erased_early + done.erased_letters,
+                dead_lettered: poison.len() - done.erased_letters,
             }),
             Err(e) if e.is_data_error() => {
                 // One row the database refuses (data it cannot hold) must
                 // not block the partition: isolate it, row by row.
                 tracing::warn!(error = %tributary_platform::status::chain(&e), "batch refused by the database; storing row by row");
-                self.store_row_by_row(rows, batch).await
+                let mut stored = self.store_row_by_row(rows, batch).await?;
+                stored.erased_letters = erased_early;
+                stored.dead_lettered = poison.len();
+                Ok(stored)
             }
             Err(e) => Err(StoreFailure::Db(e)),
         }
@@ -236,10 +253,51 @@ impl Pipeline {
         &self,
         rows: &[NewEvent],
         poison: &[NewDeadLetter],
-    ) -> Result<std::collections::HashSet<String>, tributary_store::StoreError> {
+    ) -> Result<Inserted, tributary_store::StoreError> {
         let (inserted, alerts) = self.insert_with_alerts(rows, poison).await?;
         self.announce_alerts(alerts);
         Ok(inserted)
+    }
+
+    /// The erasure key, read (or made) on first use, outside any batch's
+    /// transaction (a rolled-back one must not leave a key cached).
+    async fn erasure_key(&self) -> Result<&ErasureKey, tributary_store::StoreError> {
+        self.erasure_key
+            .get_or_try_init(|| async {
+                let client = self.pool.get().await?;
+                erasure::key(&client).await
+            })
+            .await
+    }
+
+    /// The dead letters not of erased users (below their tombstones), and
+    /// how many were. Asks PostgreSQL only when one names a user.
+    async fn without_erased(
+        &self,
+        letters: &[NewDeadLetter],
+    ) -> Result<(Vec<NewDeadLetter>, usize), StoreFailure> {
+        if !letters
+            .iter()
+            .any(|d| d.user_id.as_deref().is_some_and(|u| !u.is_empty()))
+        {
+            return Ok((letters.to_vec(), 0));
+        }
+        let key = self.erasure_key().await.map_err(StoreFailure::Db)?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreFailure::Db(e.into()))?;
+        let gone = erasure::erased(&client, key, &self.topic, letter_positions(letters))
+            .await
+            .map_err(StoreFailure::Db)?;
+        let kept: Vec<NewDeadLetter> = letters
+            .iter()
+            .filter(|d| !gone.contains(&(d.partition, d.offset)))
+            .cloned()
+            .collect();
+        let erased = letters.len() - kept.len();
+        Ok((kept, erased))
     }
 
     /// Counts the alerts recorded by a committed batch and sends webhooks.
@@ -268,13 +326,7 @@ impl Pipeline {
         &self,
         rows: &[NewEvent],
         poison: &[NewDeadLetter],
-    ) -> Result<
-        (
-            std::collections::HashSet<String>,
-            Vec<(i64, String, String)>,
-        ),
-        tributary_store::StoreError,
-    > {
+    ) -> Result<(Inserted, Vec<(i64, String, String)>), tributary_store::StoreError> {
         let span = tracing::info_span!(
             "postgres.insert",
             otel.name = "INSERT events",
@@ -284,9 +336,42 @@ impl Pipeline {
             db.collection.name = "events",
             db.operation.batch.size = rows.len(),
         );
+        let (rows_len, poison_len) = (rows.len(), poison.len());
         async {
+            let key = self.erasure_key().await?;
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
+            // First, the erasure lock (shared): an erasure either committed
+            // before (its tombstone is seen below) or waits for this commit
+            // (and deletes these rows). Then one indexed query for the
+            // batch's users drops erased users' records below their
+            // tombstones: they are not stored, and count as done.
+            erasure::lock_shared(&tx).await?;
+            let positions = rows
+                .iter()
+                .map(|r| (r.user_id.as_str(), r.partition, r.offset))
+                .chain(letter_positions(poison));
+            let gone = erasure::erased(&tx, key, &self.topic, positions).await?;
+            let kept_rows: Vec<NewEvent>;
+            let kept_letters: Vec<NewDeadLetter>;
+            let (rows, poison) = if gone.is_empty() {
+                (rows, poison)
+            } else {
+                let kept = |p: i32, o: i64| !gone.contains(&(p, o));
+                kept_rows = rows
+                    .iter()
+                    .filter(|r| kept(r.partition, r.offset))
+                    .cloned()
+                    .collect();
+                kept_letters = poison
+                    .iter()
+                    .filter(|d| kept(d.partition, d.offset))
+                    .cloned()
+                    .collect();
+                (kept_rows.as_slice(), kept_letters.as_slice())
+            };
+            let erased_rows = rows_len - rows.len();
+            let erased_letters = poison_len - poison.len();
             let inserted: std::collections::HashSet<String> = events::insert_events(&tx, rows)
                 .await?
                 .into_iter()
@@ -315,7 +400,14 @@ impl Pipeline {
                     Some((alert_id, rule_id, body.to_string()))
                 })
                 .collect();
-            Ok((inserted, alerts))
+            Ok((
+                Inserted {
+                    inserted,
+                    erased_rows,
+                    erased_letters,
+                },
+                alerts,
+            ))
         }
         .instrument(span)
         .await
@@ -329,10 +421,16 @@ impl Pipeline {
         let mut stored = Stored {
             inserted: Default::default(),
             refused: 0,
+            erased_rows: 0,
+            erased_letters: 0,
+            dead_lettered: 0,
         };
         for row in rows {
             match self.insert(std::slice::from_ref(row), &[]).await {
-                Ok(ids) => stored.inserted.extend(ids),
+                Ok(done) => {
+                    stored.inserted.extend(done.inserted);
+                    stored.erased_rows += done.erased_rows;
+                }
                 Err(e) if e.is_data_error() => {
                     let Some(message) = batch
                         .iter()
@@ -347,6 +445,7 @@ impl Pipeline {
                     let letters = std::slice::from_ref(&letter);
                     self.publish_dead_letters(letters).await?;
                     self.insert(&[], letters).await.map_err(StoreFailure::Db)?;
+                    // (The row was not erased: the insert above checked.)
                     stored.refused += 1;
                 }
                 Err(e) => return Err(StoreFailure::Db(e)),
@@ -443,6 +542,27 @@ struct Stored {
     inserted: std::collections::HashSet<String>,
     /// Rows the database refused, dead-lettered instead.
     refused: usize,
+    /// Rows of erased users (below their tombstones), not stored.
+    erased_rows: usize,
+    /// Poison of erased users, neither published nor stored.
+    erased_letters: usize,
+    /// Poison stored as dead letters.
+    dead_lettered: usize,
+}
+
+/// What one transaction did.
+struct Inserted {
+    /// The event ids inserted now.
+    inserted: std::collections::HashSet<String>,
+    erased_rows: usize,
+    erased_letters: usize,
+}
+
+/// (user, partition, offset) of the dead letters that name a user.
+fn letter_positions(letters: &[NewDeadLetter]) -> impl Iterator<Item = (&str, i32, i64)> {
+    letters
+        .iter()
+        .filter_map(|d| Some((d.user_id.as_deref()?, d.partition, d.offset)))
 }
 
 #[derive(Debug, thiserror::Error)]

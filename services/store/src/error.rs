@@ -48,6 +48,12 @@ impl StoreError {
         matches!(self, Self::Db(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
     }
 
+    /// A lock was not granted within the transaction's lock_timeout
+    /// (SQLSTATE 55P03): whoever holds it may be done soon; retry.
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, Self::Db(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE))
+    }
+
     /// The database refused this data (SQLSTATE class 22 or 23): retrying the
     /// same rows fails again, so they must be isolated.
     pub fn is_data_error(&self) -> bool {

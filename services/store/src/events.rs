@@ -39,6 +39,9 @@ pub struct NewDeadLetter {
     pub event_type: Option<String>,
     /// The subscription whose delivery gave up on it; '' for the processor.
     pub subscription: String,
+    /// The event's user ('' for none) when the record decoded far enough to
+    /// tell; `None` when it did not (an erasure decodes it later).
+    pub user_id: Option<String>,
 }
 
 /// A stored event.
@@ -197,8 +200,8 @@ pub async fn insert_dead_letters(
             .execute(
                 "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, record_key,
                                            record_value, header_keys, header_values, reason,
-                                           event_id, event_type, subscription)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                           event_id, event_type, subscription, user_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (subscription, topic, kafka_partition, kafka_offset) DO NOTHING",
                 &[
                     &d.topic,
@@ -212,6 +215,7 @@ pub async fn insert_dead_letters(
                     &d.event_id,
                     &d.event_type,
                     &d.subscription,
+                    &d.user_id,
                 ],
             )
             .await?;

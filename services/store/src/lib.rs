@@ -4,9 +4,11 @@
 pub mod aggregate;
 pub mod api_keys;
 pub mod dead_letters;
+pub mod erasure;
 pub mod error;
 pub mod event_types;
 pub mod events;
+pub mod hmac;
 pub mod migrate;
 pub mod notify;
 pub mod partitions;

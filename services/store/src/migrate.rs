@@ -59,6 +59,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261202010000_retention",
         sql: include_str!("../migrations/20261202010000_retention.sql"),
     },
+    Migration {
+        version: "20261202100000_erasure",
+        sql: include_str!("../migrations/20261202100000_erasure.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.

@@ -116,6 +116,7 @@ mod admin_rpcs {
             "--http-addr=127.0.0.1:0".into(),
             format!("--kafka-brokers={}", kafka.kafka_brokers),
             format!("--topic={}", kafka.topic),
+            format!("--dlq-topic={}", kafka.dlq_topic),
             format!("--database-url={}", db.url),
         ];
         args.extend(extra.iter().cloned());
@@ -167,6 +168,7 @@ mod admin_rpcs {
                 event_id: None,
                 event_type: None,
                 subscription: String::new(),
+                user_id: None,
             })
             .collect();
         // The third record is also a dead letter of a subscription: kept
@@ -839,5 +841,357 @@ mod admin_rpcs {
             assert!(e.message().starts_with("webhook_url:"), "{}", e.message());
         }
         token.cancel();
+    }
+
+    fn event(event_id: &str, user: &str, partition: i32, offset: i64) -> NewEvent {
+        NewEvent {
+            event_id: event_id.into(),
+            event_type: "order.placed".into(),
+            source: String::new(),
+            user_id: user.into(),
+            session_id: String::new(),
+            occurred_at: SystemTime::now(),
+            received_at: SystemTime::now(),
+            payload_json: r#"{"amount":12}"#.into(),
+            partition,
+            offset,
+            trace_id: String::new(),
+            schema_version: 0,
+        }
+    }
+
+    fn letter(
+        offset: i64,
+        user: Option<&str>,
+        value: Vec<u8>,
+        subscription: &str,
+    ) -> NewDeadLetter {
+        NewDeadLetter {
+            topic: "events".into(),
+            partition: 0,
+            offset,
+            key: None,
+            value: Some(value),
+            headers: Vec::new(),
+            reason: "delivery gave up".into(),
+            event_id: None,
+            event_type: None,
+            subscription: subscription.into(),
+            user_id: user.map(str::to_owned),
+        }
+    }
+
+    fn envelope_of(user: &str) -> Vec<u8> {
+        use prost::Message as _;
+        EventEnvelope {
+            envelope_version: 1,
+            event: Some(Event {
+                event_id: format!("legacy-{user}"),
+                event_type: "order.placed".into(),
+                user_id: user.into(),
+                ..Default::default()
+            }),
+            payload_json: "{}".into(),
+            received_at: None,
+            ingest: None,
+        }
+        .encode_to_vec()
+    }
+
+    async fn texts(pg: &tributary_store::pool::Client, sql: &str) -> Vec<String> {
+        pg.query(sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// EraseUser removes every row of that user (events, their alerts, the
+    /// processor's and a subscription's dead letters, old letters without
+    /// a user found by decoding them) and nothing of another user; its
+    /// audit record and tombstone hold a keyed hash, never the id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn erase_user_removes_exactly_that_users_rows_and_keeps_no_id() {
+        let db = TestDb::new().await.unwrap();
+        let broker = TestBroker::start().await.unwrap();
+        let kafka = broker.kafka_args(&suffix());
+        broker.create_topics(&kafka, 2).await.unwrap();
+        let producer = tributary_kafka::producer::Producer::new(
+            &kafka,
+            &Default::default(),
+            &prometheus::Registry::new(),
+        )
+        .unwrap();
+        for i in 0..5 {
+            producer
+                .send(tributary_kafka::producer::Record {
+                    topic: &kafka.topic,
+                    key: Some(format!("k{i}").as_bytes()),
+                    value: b"x",
+                    headers: &[],
+                })
+                .await
+                .unwrap();
+        }
+        let ends: Vec<i64> = {
+            let c: BaseConsumer = kafka.client_config().unwrap().create().unwrap();
+            (0..2)
+                .map(|p| {
+                    c.fetch_watermarks(&kafka.topic, p, Duration::from_secs(5))
+                        .unwrap()
+                        .1
+                })
+                .collect()
+        };
+
+        let (gone, kept) = ("erase-me@example.com", "keep-me@example.com");
+        let pg = db.pool.get().await.unwrap();
+        insert_events(
+            &pg,
+            &[
+                event("a1", gone, 0, 0),
+                event("a2", gone, 1, 0),
+                event("a3", gone, 0, 1),
+                event("b1", kept, 1, 1),
+                event("b2", kept, 0, 2),
+            ],
+        )
+        .await
+        .unwrap();
+        pg.batch_execute(
+            "INSERT INTO alert_rules (rule_id, name, event_type, path, pointer, comparator, threshold)
+             VALUES ('r1', 'big', 'order.placed', '{amount}', '/amount', 'GT', '10');
+             INSERT INTO alerts (rule_id, event_id, event_type, observed)
+             VALUES ('r1', 'a1', 'order.placed', '12'), ('r1', 'b1', 'order.placed', '12')",
+        )
+        .await
+        .unwrap();
+        insert_dead_letters(
+            &pg,
+            &[
+                letter(10, Some(gone), envelope_of(gone), ""),
+                letter(10, Some(gone), envelope_of(gone), "hooks"),
+                letter(11, Some(kept), envelope_of(kept), ""),
+                // From before dead letters named their user: found by decoding.
+                letter(12, None, envelope_of(gone), ""),
+                letter(13, None, b"\xff\xffnot an envelope".to_vec(), ""),
+                letter(14, None, envelope_of(kept), ""),
+            ],
+        )
+        .await
+        .unwrap();
+
+        let (mut client, token) = start(&db, &kafka).await;
+        let empty = client
+            .erase_user(EraseUserRequest {
+                user_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(empty.code(), Code::InvalidArgument);
+        let details = tonic_types::StatusExt::get_details_bad_request(&empty).unwrap();
+        assert_eq!(details.field_violations[0].field, "user_id");
+        for bad in ["a\0b".to_owned(), "x".repeat(257)] {
+            let refused = client
+                .erase_user(EraseUserRequest { user_id: bad })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument);
+            assert!(
+                refused.message().starts_with("user_id:"),
+                "{}",
+                refused.message()
+            );
+        }
+
+        let erased = client
+            .erase_user(EraseUserRequest {
+                user_id: gone.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                erased.events,
+                erased.alerts,
+                erased.dead_letters,
+                erased.subscription_dead_letters
+            ),
+            (3, 1, 2, 1)
+        );
+        assert!(erased.erasure_id > 0 && erased.erased_at.is_some());
+        let offsets_of = |topic: &str| -> Vec<(i32, i64)> {
+            erased
+                .end_offsets
+                .iter()
+                .find(|t| t.topic == topic)
+                .map(|t| t.offsets.iter().map(|o| (o.partition, o.offset)).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(offsets_of(&kafka.topic), [(0, ends[0]), (1, ends[1])]);
+        assert_eq!(offsets_of(&kafka.dlq_topic), [(0, 0), (1, 0)]);
+
+        // Only the other user's rows are left.
+        assert_eq!(
+            texts(&pg, "SELECT event_id FROM events ORDER BY event_id").await,
+            ["b1", "b2"]
+        );
+        assert_eq!(
+            texts(&pg, "SELECT event_id FROM alerts ORDER BY event_id").await,
+            ["b1"]
+        );
+        assert_eq!(
+            texts(
+                &pg,
+                "SELECT kafka_offset || ':' || user_id FROM dead_letters ORDER BY kafka_offset"
+            )
+            .await,
+            [format!("11:{kept}"), "13:".into(), format!("14:{kept}")]
+        );
+
+        // The audit record and the tombstone: no user_id, in any form.
+        let audit = texts(
+            &pg,
+            "SELECT row_to_json(e)::text FROM erasures e
+             UNION ALL SELECT row_to_json(o)::text FROM erasure_offsets o",
+        )
+        .await;
+        assert_eq!(audit.len(), 1 + 4, "{audit:?}");
+        let hex: String = gone.bytes().map(|b| format!("{b:02x}")).collect();
+        for row in &audit {
+            assert!(!row.contains(gone) && !row.contains("erase-me"), "{row}");
+            assert!(!row.contains(&hex), "{row}");
+        }
+        let key = tributary_store::erasure::key(&pg).await.unwrap();
+        let hash: Vec<u8> = pg
+            .query_one("SELECT user_hash FROM erasures", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(hash, key.user_hash(gone));
+        assert_ne!(key.user_hash(gone), key.user_hash(kept));
+
+        // The tombstone covers the user's records below the end offsets.
+        let erased_now = tributary_store::erasure::erased(
+            &pg,
+            &key,
+            &kafka.topic,
+            [
+                (gone, 0, ends[0] - 1),
+                (gone, 1, ends[1]),
+                (kept, 0, 0),
+                ("", 0, 0),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            erased_now.into_iter().collect::<Vec<_>>(),
+            [(0, ends[0] - 1)]
+        );
+
+        // Erasing again removes what arrived since (here nothing) and
+        // records a second tombstone.
+        let again = client
+            .erase_user(EraseUserRequest {
+                user_id: gone.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((again.events, again.dead_letters), (0, 0));
+        assert!(again.erasure_id > erased.erasure_id);
+        token.cancel();
+    }
+
+    /// Writers storing a user's records under the erasure lock, as the
+    /// processor does, while the user is erased: every row of the user
+    /// below the tombstone is gone afterwards, whichever committed first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_never_bring_an_erased_users_rows_back() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+        use tributary_store::erasure::{self, EndOffset};
+
+        let db = TestDb::new().await.unwrap();
+        let key = erasure::key(&db.pool.get().await.unwrap()).await.unwrap();
+        let user = "racer";
+        let next = Arc::new(AtomicI64::new(0));
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let mut writers = Vec::new();
+        for _ in 0..3 {
+            let (pool, key, next, skipped, stop) = (
+                db.pool.clone(),
+                key.clone(),
+                next.clone(),
+                skipped.clone(),
+                stop.clone(),
+            );
+            writers.push(tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let offset = next.fetch_add(1, Ordering::Relaxed);
+                    let mut c = pool.get().await.unwrap();
+                    let tx = c.transaction().await.unwrap();
+                    erasure::lock_shared(&tx).await.unwrap();
+                    let gone = erasure::erased(&tx, &key, "events", [(user, 0, offset)])
+                        .await
+                        .unwrap();
+                    if gone.is_empty() {
+                        insert_events(&tx, &[event(&format!("r{offset}"), user, 0, offset)])
+                            .await
+                            .unwrap();
+                    } else {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Held open a while: the erasure comes in meanwhile.
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    tx.commit().await.unwrap();
+                }
+            }));
+        }
+        // Rows are being written; erase with an end offset far above them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let erased = {
+            let mut c = db.pool.get().await.unwrap();
+            let tx = c.transaction().await.unwrap();
+            let e = erasure::erase_user(
+                &tx,
+                user,
+                &key,
+                &[EndOffset {
+                    topic: "events".into(),
+                    partition: 0,
+                    end_offset: i64::from(i32::MAX),
+                }],
+                &|_: &[u8]| None,
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            e
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let left: i64 = db
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM events WHERE user_id = $1", &[&user])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(erased.events > 0, "rows were written before the erasure");
+        assert!(
+            skipped.load(Ordering::Relaxed) > 0,
+            "writers went on after the erasure"
+        );
+        assert_eq!(left, 0, "a concurrent writer brought rows back");
     }
 }

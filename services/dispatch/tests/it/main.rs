@@ -720,3 +720,107 @@ async fn two_pull_clients_split_the_partitions_and_the_lag_reaches_zero() {
     drop(keep);
     token.stop().await;
 }
+
+/// An erased user's records below the tombstone's end offsets are not
+/// delivered (counted erased); the user's record published after the
+/// erasure is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skips_an_erased_users_records_below_the_tombstone() {
+    use tributary_store::erasure::{self, EndOffset};
+    let db = TestDb::new().await.unwrap();
+    let broker = TestBroker::start().await.unwrap();
+    let kafka = broker.kafka_args(&suffix());
+    broker.create_topics(&kafka, 2).await.unwrap();
+    let (url, got) = receiver(vec![]).await;
+    let name = format!("it-{}", suffix());
+    let spec = Subscription {
+        name: name.clone(),
+        delivery: Some(subscription::Delivery::Push(PushConfig {
+            url,
+            ..Default::default()
+        })),
+        batch: Some(BatchPolicy {
+            max_events: 10,
+            max_bytes: 1 << 20,
+            max_wait: millis(200),
+        }),
+        ..Default::default()
+    };
+    create(&db, &spec, &[]).await;
+    publish(
+        &kafka,
+        &[
+            ("g-1", "t", "gone"),
+            ("k-1", "t", "kept"),
+            ("g-2", "t", "gone"),
+        ],
+    )
+    .await;
+    let end_offsets: Vec<EndOffset> = {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let c: BaseConsumer = kafka.client_config().unwrap().create().unwrap();
+        (0..2)
+            .map(|partition| EndOffset {
+                topic: kafka.topic.clone(),
+                partition,
+                end_offset: c
+                    .fetch_watermarks(&kafka.topic, partition, Duration::from_secs(5))
+                    .unwrap()
+                    .1,
+            })
+            .collect()
+    };
+    {
+        let mut c = db.pool.get().await.unwrap();
+        let key = erasure::key(&c).await.unwrap();
+        let tx = c.transaction().await.unwrap();
+        erasure::erase_user(&tx, "gone", &key, &end_offsets, &|_: &[u8]| None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    publish(&kafka, &[("g-3", "t", "gone")]).await;
+
+    tributary_testkit::init_telemetry();
+    let registry = prometheus::Registry::new();
+    let config = <Config as clap::Parser>::parse_from([
+        "tributary-dispatch".to_owned(),
+        "--grpc-addr=127.0.0.1:0".into(),
+        "--http-addr=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", kafka.kafka_brokers),
+        format!("--topic={}", kafka.topic),
+        format!("--database-url={}", db.url),
+        "--auth=off".into(),
+        "--poll-interval=200ms".into(),
+        "--webhook-allow-cidr=127.0.0.0/8".into(),
+    ]);
+    let dispatch = Dispatch::build(config, registry.clone()).await.unwrap();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let running = Running {
+        token,
+        task: tokio::spawn(dispatch.run(async move { stop.cancelled().await })),
+    };
+    let erased = || -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "tributary_subscription_events_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "result" && l.value() == "erased")
+            })
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    };
+    let mut delivered = eventually("k-1 and g-3 delivered, 2 counted erased", async || {
+        let ids: Vec<String> = bodies(&got).into_iter().flatten().collect();
+        (ids.len() >= 2 && erased() == 2.0).then_some(ids)
+    })
+    .await;
+    delivered.sort();
+    assert_eq!(delivered, ["g-3", "k-1"]);
+    running.stop().await;
+}

@@ -111,6 +111,12 @@ mod tests {
             required("tributary.v1.AdminService", "ResetOffsets"),
             Some(Scope::AdminWrite)
         );
+        // Erasure deletes data: a writer's call.
+        assert_eq!(
+            required("tributary.v1.AdminService", "EraseUser"),
+            Some(Scope::AdminWrite)
+        );
+        assert!(methods.iter().any(|(_, m)| m == "EraseUser"));
         assert_eq!(
             required("tributary.v1.AdminService", "Getaway"),
             Some(Scope::AdminWrite)

@@ -396,3 +396,135 @@ async fn one_event_is_traced_from_ingest_to_the_insert() {
     stop_processor.cancel();
     processor.await.unwrap().unwrap();
 }
+
+fn counter(registry: &prometheus::Registry, name: &str, result: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "result" && l.value() == result)
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// An erased user's records below the tombstone's end offsets (a replay
+/// would read them again) are neither stored nor dead-lettered, and are
+/// counted; the user's record published after the erasure is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skips_an_erased_users_records_below_the_tombstone() {
+    use tributary_store::erasure::{self, EndOffset};
+    let db = TestDb::new().await.unwrap();
+    let broker = TestBroker::start().await.unwrap();
+    let sfx = suffix();
+    let kafka = broker.kafka_args(&sfx);
+    broker.create_topics(&kafka, PARTITIONS).await.unwrap();
+    let group = format!("g-{sfx}");
+    // One key: one partition, in order.
+    produce(
+        &kafka,
+        &[
+            (Some("k"), envelope("g-1", "order.placed", "gone")),
+            (Some("k"), envelope("k-1", "order.placed", "kept")),
+            (Some("k"), envelope("g-2", "order.placed", "gone")),
+            // Poison of the erased user: not even a dead letter.
+            (Some("k"), envelope("g-bad", "Not-A-Type", "gone")),
+        ],
+    )
+    .await;
+    let end_offsets: Vec<EndOffset> = offsets(&kafka, &group)
+        .into_iter()
+        .zip(0..)
+        .map(|((_, end), partition)| EndOffset {
+            topic: kafka.topic.clone(),
+            partition,
+            end_offset: end,
+        })
+        .collect();
+    assert_eq!(end_offsets.iter().map(|o| o.end_offset).sum::<i64>(), 4);
+    {
+        let mut c = db.pool.get().await.unwrap();
+        let key = erasure::key(&c).await.unwrap();
+        let tx = c.transaction().await.unwrap();
+        erasure::erase_user(&tx, "gone", &key, &end_offsets, &|_: &[u8]| None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    // After the erasure: stored as any other.
+    produce(
+        &kafka,
+        &[(Some("k"), envelope("g-3", "order.placed", "gone"))],
+    )
+    .await;
+
+    let registry = prometheus::Registry::new();
+    tributary_testkit::init_telemetry();
+    let processor = Processor::build(config(&db.url, &kafka, &group), registry.clone())
+        .await
+        .unwrap();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let handle = tokio::spawn(processor.run(async move { stop.cancelled().await }));
+    eventually(
+        Duration::from_secs(30),
+        "2 rows and 3 records counted erased",
+        || async {
+            let rows = count(&db, "SELECT count(*) FROM events").await;
+            let erased = counter(&registry, "tributary_processor_events_total", "erased");
+            (rows == 2 && erased == 3.0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let client = db.pool.get().await.unwrap();
+    let ids: Vec<String> = client
+        .query("SELECT event_id FROM events ORDER BY event_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, ["g-3", "k-1"]);
+    assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        counter(&registry, "tributary_processor_events_total", "persisted"),
+        2.0
+    );
+    assert_eq!(
+        counter(&registry, "tributary_processor_events_total", "duplicate"),
+        0.0
+    );
+    assert_eq!(
+        counter(
+            &registry,
+            "tributary_processor_events_total",
+            "dead_lettered"
+        ),
+        0.0
+    );
+    token.cancel();
+    handle.await.unwrap().unwrap();
+    // Skipped records count as done: every offset is committed.
+    for (partition, (committed, end)) in offsets(&kafka, &group).into_iter().enumerate() {
+        if end > 0 {
+            assert_eq!(committed, Some(end), "partition {partition}");
+        }
+    }
+    let dlq_end: i64 = {
+        let consumer: BaseConsumer = kafka.client_config().unwrap().create().unwrap();
+        (0..PARTITIONS)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&kafka.dlq_topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .sum()
+    };
+    assert_eq!(dlq_end, 0, "the erased user's poison was not published");
+}
