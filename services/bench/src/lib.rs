@@ -9,6 +9,7 @@ pub mod data;
 pub mod e2e;
 pub mod faults;
 pub mod ingest;
+pub mod layout;
 pub mod overload;
 pub mod payload;
 pub mod persist;
@@ -26,10 +27,11 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 /// Every scenario's name (an unknown one is refused, never skipped).
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "payload",
     "ingest",
     "persist",
+    "layout",
     "e2e",
     "query",
     "security",
@@ -53,7 +55,9 @@ pub struct Options {
     /// process and needs no deployment; security starts ingests of its own:
     /// what API keys and TLS cost per call; subscriptions: a push
     /// subscription's delivered events/s to a receiver in the bench against a
-    /// raw consumer of the same range). Not in the default set: faults
+    /// raw consumer of the same range; layout: the processor's insert and
+    /// GetEvent's read on the partitioned layout beside the layout before
+    /// partitions, in two scratch databases). Not in the default set: faults
     /// (kills and freezes each part of the deployment under load and checks
     /// that nothing acknowledged is lost or doubled; see BENCHMARKS.md) and
     /// overload (three times the callers that reach ingest's maximum, half
@@ -62,7 +66,7 @@ pub struct Options {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "payload,ingest,persist,e2e,query,security,subscriptions",
+        default_value = "payload,ingest,persist,layout,e2e,query,security,subscriptions",
         value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS)
     )]
     pub scenarios: Vec<String>,

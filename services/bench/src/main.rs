@@ -108,6 +108,9 @@ async fn run(options: &Options, checks: &mut Checks, report: &mut Value) -> anyh
             tributary_bench::processor(options, "start").await?;
         }
     }
+    if options.wants("layout") {
+        report["scenarios"]["layout"] = layout::run(options, checks, &run_id).await?;
+    }
     if options.wants("e2e") {
         let (e2e_json, footprint) = e2e::run(options, checks, &run_id).await?;
         report["scenarios"]["e2e"] = e2e_json;

@@ -164,14 +164,32 @@ pub async fn run_with(
     pool: &Pool,
     width: std::time::Duration,
 ) -> Result<Vec<&'static str>, StoreError> {
+    migrate_to(pool, None, Some(width)).await
+}
+
+/// Applies the migrations up to and including `last`, nothing after it and
+/// no partition upkeep: an older schema, for upgrade tests and the bench's
+/// baseline of the layout before partitions.
+pub async fn run_until(pool: &Pool, last: &str) -> Result<Vec<&'static str>, StoreError> {
+    migrate_to(pool, Some(last), None).await
+}
+
+/// Under the migrators' lock: the migrations up to `last` (all when
+/// `None`), then, with a width, the partitions of the next days.
+async fn migrate_to(
+    pool: &Pool,
+    last: Option<&str>,
+    width: Option<std::time::Duration>,
+) -> Result<Vec<&'static str>, StoreError> {
     let mut client = pool.get().await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let mut result = apply(&mut client).await;
+    let mut result = apply(&mut client, last).await;
     // At every run: the width, and the partitions of the next days (their
     // advisory lock is this one again, held by this session already).
     if result.is_ok()
+        && let Some(width) = width
         && let Err(e) = prepare_partitions(&mut client, width).await
     {
         result = Err(e);
@@ -201,7 +219,10 @@ async fn prepare_partitions(
     Ok(())
 }
 
-async fn apply(client: &mut deadpool_postgres::Object) -> Result<Vec<&'static str>, StoreError> {
+async fn apply(
+    client: &mut deadpool_postgres::Object,
+    last: Option<&str>,
+) -> Result<Vec<&'static str>, StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -217,7 +238,15 @@ async fn apply(client: &mut deadpool_postgres::Object) -> Result<Vec<&'static st
     let applied: std::collections::HashMap<String, String> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut done = Vec::new();
-    for m in MIGRATIONS {
+    let upto = match last {
+        Some(v) => MIGRATIONS
+            .iter()
+            .position(|m| m.version == v)
+            .map(|i| i + 1)
+            .ok_or(StoreError::Invariant("run_until: no such migration"))?,
+        None => MIGRATIONS.len(),
+    };
+    for m in &MIGRATIONS[..upto] {
         let checksum = checksum(m.sql);
         if let Some(existing) = applied.get(m.version) {
             if *existing != checksum {
