@@ -101,7 +101,7 @@ async fn insert(
     batch: &[NewEvent],
 ) -> anyhow::Result<u64> {
     Ok(match layout {
-        Layout::New => tributary_store::events::insert_events(&**client, batch)
+        Layout::New => tributary_store::events::insert_events(client, batch)
             .await?
             .len() as u64,
         Layout::Old => {
@@ -169,7 +169,7 @@ async fn get_latency(
     for id in ids {
         let start = Instant::now();
         let hit = match layout {
-            Layout::New => tributary_store::events::get_event(&**client, id)
+            Layout::New => tributary_store::events::get_event(&client, id)
                 .await?
                 .is_some(),
             Layout::Old => client
@@ -210,6 +210,7 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
     let mut secs = [0.0f64; 2];
     let mut stored = [0u64; 2];
     let mut again = [0u64; 2];
+    let mut first_secs = [0.0f64; 2];
     for round in 0..rounds {
         let batch = rows(&prefix, round * per_round, (round + 1) * per_round, now);
         let redelivered = &batch[..batch.len() / 10];
@@ -226,14 +227,25 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
             let (n, s) = load(pool, layout, &batch).await?;
             let (dup, s2) = load(pool, layout, redelivered).await?;
             secs[i] += s + s2;
+            first_secs[i] += s;
             stored[i] += n;
             again[i] += dup;
         }
     }
     let total = rounds * per_round;
+    let retention =
+        retention_under_load(&new, &prefix, total, per_round, now, options.quick).await?;
+    checks.check(
+        "layout: retention dropped every partition past it while writers inserted, and they stored every row",
+        retention.dropped == OLD_DAYS && retention.stored == per_round,
+        format!(
+            "{} of {OLD_DAYS} partitions dropped, {} of {per_round} rows stored meanwhile",
+            retention.dropped, retention.stored
+        ),
+    );
     for (i, name) in ["before partitions", "partitioned"].iter().enumerate() {
         checks.check(
-            &format!("layout ({name}): every row stored once, redeliveries store nothing"),
+            format!("layout ({name}): every row stored once, redeliveries store nothing"),
             stored[i] == total && again[i] == 0,
             format!("{} of {total} stored, {} stored again", stored[i], again[i]),
         );
@@ -278,6 +290,24 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
             new_get.quantile_ms(0.99)
         ),
     ]);
+    // Without redeliveries, as the retention round inserts.
+    let new_rate = stored[1] as f64 / first_secs[1].max(1e-3);
+    let lock_ms: Vec<f64> = retention
+        .lock
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    let lock_max = lock_ms.iter().copied().fold(0.0, f64::max);
+    println!(
+        "retention under load: {} old partitions ({} rows) dropped in {:.2} s while {} rows were inserted at {} rows/s ({:.2} of the partitioned layout's rate without it); lock per partition max {lock_max:.1} ms, median {:.1} ms",
+        retention.dropped,
+        thousands(retention.old_rows as f64),
+        retention.seconds,
+        thousands(per_round as f64),
+        thousands(retention.rate),
+        ratio(retention.rate, new_rate),
+        median(&lock_ms),
+    );
     println!(
         "\n## Layout: {total} rows in batches of {BATCH} from {WRITERS} writers, plus 10% redelivered, {rounds} alternating rounds (insert ratio {:.2})\n\n{}\n",
         ratio(rate(1), rate(0)),
@@ -302,5 +332,92 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
             "get_p99_ms": round3(old_get.quantile_ms(0.99)),
         },
         "ratio": ratio(rate(1), rate(0)),
+        "retention_under_load": {
+            "partitions_dropped": retention.dropped,
+            "old_rows": retention.old_rows,
+            "seconds": round3(retention.seconds),
+            "lock_ms": lock_ms.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+            "lock_ms_max": round3(lock_max),
+            "insert_rows_per_s": round3(retention.rate),
+            "insert_ratio_to_without": ratio(retention.rate, new_rate),
+        },
     }))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Days of old partitions retention drops under load.
+const OLD_DAYS: usize = 10;
+
+struct RetentionUnderLoad {
+    dropped: usize,
+    old_rows: u64,
+    seconds: f64,
+    lock: Vec<Duration>,
+    stored: u64,
+    rate: f64,
+}
+
+/// Partitions of 35 to 44 days ago, filled; then retention (30 d) runs
+/// while the writers insert another round into today's partition.
+async fn retention_under_load(
+    pool: &tributary_store::Pool,
+    prefix: &str,
+    from: u64,
+    rows_now: u64,
+    now: SystemTime,
+    quick: bool,
+) -> anyhow::Result<RetentionUnderLoad> {
+    let day = Duration::from_secs(86_400);
+    let oldest = now - day * 44;
+    {
+        let mut client = pool.get().await?;
+        tributary_store::partitions::ensure(&mut client, oldest, now - day * 34)
+            .await
+            .context("creating old partitions")?;
+    }
+    let per_day: i64 = if quick { 2_000 } else { 50_000 };
+    let client = pool.get().await?;
+    let old_rows = client
+        .execute(
+            "WITH rows AS (
+                 SELECT 'old.' || g AS id,
+                        $1::timestamptz + (g % $2) * interval '1 day' + (g % 86400) * interval '1 second' AS at
+                 FROM generate_series(1, $2 * $3) g
+             ), ids AS (
+                 INSERT INTO event_ids (event_id, occurred_at) SELECT id, at FROM rows
+             )
+             INSERT INTO events (event_id, event_type, occurred_at, received_at, payload,
+                                 kafka_partition, kafka_offset, user_id)
+             SELECT id, 'bench.old', at, at, '{\"old\": true}', 0, 0, 'u' || (length(id) % 7)
+             FROM rows",
+            &[&(oldest + Duration::from_secs(3600)), &(OLD_DAYS as i64), &per_day],
+        )
+        .await
+        .context("filling old partitions")?;
+    drop(client);
+    let batch = rows(prefix, from, from + rows_now, now);
+    let retention = async {
+        // Let the writers get going first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = Instant::now();
+        let report =
+            tributary_store::retention::apply(pool, Duration::from_secs(30 * 86_400), now).await;
+        (report, start.elapsed().as_secs_f64())
+    };
+    let (loaded, (report, seconds)) = tokio::join!(load(pool, Layout::New, &batch), retention);
+    let (stored, load_s) = loaded?;
+    let report = report.context("retention under load")?;
+    Ok(RetentionUnderLoad {
+        dropped: report.dropped.len(),
+        old_rows,
+        seconds,
+        lock: report.dropped.iter().map(|(_, d)| *d).collect(),
+        stored,
+        rate: stored as f64 / load_s.max(1e-3),
+    })
 }

@@ -3,8 +3,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tributary_bench::{
-    Checks, Options, e2e, faults, ingest, overload, payload, persist, procs, query, security,
-    subscriptions, topic,
+    Checks, Options, e2e, faults, ingest, layout, overload, payload, persist, procs, query,
+    security, subscriptions, topic,
 };
 
 #[tokio::main]
