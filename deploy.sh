@@ -118,6 +118,17 @@ Environment:
   TRIBUTARY_BIND_HOST   address the services listen on (default 127.0.0.1)
   TRIBUTARY_PARTITIONS  partitions of tributary.events when migrate creates it
                         (default 6)
+  TRIBUTARY_RETENTION   how long events, dead letters and alerts are kept
+                        (default 30d; e.g. 36h, at least 1h; 0 keeps
+                        everything). Reaches migrate (applied once per 'up';
+                        retention.ms of the topics it creates) and admin's
+                        maintenance loop through the environment; not saved
+                        with the options, so give it to every 'up' and
+                        'start admin' (README, "Retention and time partitions")
+  TRIBUTARY_PARTITION_WIDTH, TRIBUTARY_MAINTENANCE_INTERVAL
+                        likewise: the width of new partitions of events
+                        (migrate; default 1d) and how often admin's
+                        maintenance runs (default 15m)
   TRIBUTARY_LOG_FORMAT  service log format, text or json (default text)
   TRIBUTARY_WEBHOOK_ALLOW_CIDR
                         (up) addresses webhooks (rules, subscriptions) may reach although

@@ -27,20 +27,25 @@ HELM_PY="$HELM_WORK/chart_facts.py"
 # independently): fixed replicas, [min, max] of the HPAs and of the KEDA
 # ScaledObject, topic partitions, PDBs, the Kafka port, SASL and TLS to
 # Kafka, TLS on the services' gRPC and HTTP ports, API keys (auth) and the
-# bootstrap admin key, the operator objects and OTLP export.
+# bootstrap admin key, the operator objects, OTLP export, and the data
+# lifecycle (retention of admin and migrate, migrate's partition width,
+# admin's maintenance interval).
 declare -A HELM_EXPECT=(
   [dev]='{"replicas": {"ingest": 1, "processor": 1, "query": 1, "admin": 1, "dispatch": 1}, "hpa": {}, "keda": null,
           "partitions": 3, "pdb": false, "kafkaPort": 9092, "sasl": true, "kafkaTls": false,
           "grpcTls": false, "httpTls": false, "auth": true, "bootstrapKey": true,
-          "prometheusRule": false, "serviceMonitor": false, "otlp": false}'
+          "prometheusRule": false, "serviceMonitor": false, "otlp": false,
+          "retention": "7d", "partitionWidth": "1d", "maintenanceInterval": "5m"}'
   [staging]='{"replicas": {"processor": 2, "admin": 1, "dispatch": 2}, "hpa": {"ingest": [2, 4], "query": [2, 4]}, "keda": null,
           "partitions": 6, "pdb": true, "kafkaPort": 9092, "sasl": false, "kafkaTls": false,
           "grpcTls": true, "httpTls": true, "auth": true, "bootstrapKey": true,
-          "prometheusRule": true, "serviceMonitor": true, "otlp": true}'
+          "prometheusRule": true, "serviceMonitor": true, "otlp": true,
+          "retention": "14d", "partitionWidth": "1d", "maintenanceInterval": "15m"}'
   [prod]='{"replicas": {"admin": 1, "dispatch": 2}, "hpa": {"ingest": [3, 12], "query": [3, 10]}, "keda": [3, 12],
           "partitions": 24, "pdb": true, "kafkaPort": 9096, "sasl": true, "kafkaTls": true,
           "grpcTls": true, "httpTls": true, "auth": true, "bootstrapKey": true,
-          "prometheusRule": true, "serviceMonitor": true, "otlp": true}'
+          "prometheusRule": true, "serviceMonitor": true, "otlp": true,
+          "retention": "30d", "partitionWidth": "1d", "maintenanceInterval": "15m"}'
 )
 
 # ---------------------------------------------------------------- the checker
@@ -341,9 +346,14 @@ def facts(env, rendered, expect, obs):
         ann = job["metadata"].get("annotations", {})
         c = job["spec"]["template"]["spec"]["containers"][0]
         argv = c.get("command", []) + c.get("args", [])
+        env_ = {e["name"]: e for e in c.get("env", [])}
         out(ann.get("helm.sh/hook") == "pre-install,pre-upgrade", P + "the migration Job is a pre-install,pre-upgrade hook", ann)
         out(argv[:2] == ["tributary-ctl", "migrate"] and any(a.startswith("--replication-factor=") for a in argv),
             P + "the migration Job runs tributary-ctl migrate --partitions --replication-factor", argv)
+        got = {k: (env_.get(k) or {}).get("value") for k in ("TRIBUTARY_RETENTION", "TRIBUTARY_PARTITION_WIDTH")}
+        want = {"TRIBUTARY_RETENTION": x["retention"], "TRIBUTARY_PARTITION_WIDTH": x["partitionWidth"]}
+        out(got == want, P + "the migration Job applies retention %s and creates partitions of %s (TRIBUTARY_RETENTION, TRIBUTARY_PARTITION_WIDTH)"
+            % (x["retention"], x["partitionWidth"]), got)
         hook_np = [n for n in by.get("NetworkPolicy", []) if comp(n) == "migrate"]
         out(len(hook_np) == 1 and hook_np[0]["metadata"].get("annotations", {}).get("helm.sh/hook") == "pre-install,pre-upgrade",
             P + "the migration Job's NetworkPolicy is a hook too (it exists before the Job runs)")
@@ -458,6 +468,18 @@ def facts(env, rendered, expect, obs):
         want = {"TRIBUTARY_POLL_INTERVAL": "1s", "TRIBUTARY_FAILING_AFTER": "10m", "TRIBUTARY_TOPIC": "tributary.events"}
         out(got == want, P + "dispatch: TRIBUTARY_POLL_INTERVAL=1s, TRIBUTARY_FAILING_AFTER=10m, it reads tributary.events", got)
 
+    # ---- the data lifecycle: admin's maintenance loop (only admin and migrate get a retention)
+    d = deps.get("admin")
+    if d:
+        conf = settings(d["spec"]["template"]["spec"]["containers"][0], cms)
+        got = {k: conf.get(k) for k in ("TRIBUTARY_RETENTION", "TRIBUTARY_MAINTENANCE_INTERVAL")}
+        want = {"TRIBUTARY_RETENTION": x["retention"], "TRIBUTARY_MAINTENANCE_INTERVAL": x["maintenanceInterval"]}
+        out(got == want, P + "admin: TRIBUTARY_RETENTION=%s, TRIBUTARY_MAINTENANCE_INTERVAL=%s (its maintenance loop)"
+            % (x["retention"], x["maintenanceInterval"]), got)
+    others = sorted(svc for svc, d in deps.items() if svc != "admin"
+                    and "TRIBUTARY_RETENTION" in settings(d["spec"]["template"]["spec"]["containers"][0], cms))
+    out(not others, P + "no service but admin gets TRIBUTARY_RETENTION", others)
+
     # ---- kubernetes-validate saw everything
     print("count\t%d\t%d" % (len(docs), sum(1 for d in docs if d["kind"] in CRDS)))
 
@@ -494,6 +516,15 @@ def options(rendered):
             out(got == {"TRIBUTARY_POLL_INTERVAL": "500ms", "TRIBUTARY_FAILING_AFTER": "2m"},
                 P + "dispatch: config.pollInterval and config.failingAfter become TRIBUTARY_POLL_INTERVAL and TRIBUTARY_FAILING_AFTER", got)
             out(d["spec"].get("replicas") == 3, P + "dispatch runs dispatch.replicas (3)", d["spec"].get("replicas"))
+        if svc == "admin":
+            got = {k: conf.get(k) for k in ("TRIBUTARY_RETENTION", "TRIBUTARY_MAINTENANCE_INTERVAL")}
+            out(got == {"TRIBUTARY_RETENTION": "0", "TRIBUTARY_MAINTENANCE_INTERVAL": "1h"},
+                P + "admin: a bare retention: 0 renders TRIBUTARY_RETENTION=\"0\" (keep everything); maintenanceInterval 1h", got)
+    jobs = by.get("Job", [])
+    env_ = {e["name"]: e.get("value") for j in jobs for e in j["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    got = {k: env_.get(k) for k in ("TRIBUTARY_RETENTION", "TRIBUTARY_PARTITION_WIDTH")}
+    out(got == {"TRIBUTARY_RETENTION": "0", "TRIBUTARY_PARTITION_WIDTH": "6h"},
+        P + "the migration Job: TRIBUTARY_RETENTION=0, TRIBUTARY_PARTITION_WIDTH=6h", got)
     # webhooks.networkPolicy with peers: only those peers and webhooks.allowCidrs, on its ports.
     np_ = next((n for n in by.get("NetworkPolicy", []) if comp(n) == "dispatch"), {})
     rules = [r for r in np_.get("spec", {}).get("egress", []) if 8080 in {p["port"] for p in r.get("ports", [])}]
@@ -740,7 +771,9 @@ query:
   autoscaling: {enabled: true}
   config: {maxCallDuration: 30s}
 admin:
-  config: {maxCallDuration: 1m}
+  config: {maxCallDuration: 1m, maintenanceInterval: 1h}
+retention: 0
+partitionWidth: 6h
 dispatch:
   replicas: 3
   config: {pollInterval: 500ms, failingAfter: 2m}
@@ -824,6 +857,17 @@ YAML
     $'webhooks:\n  allowCidrs: [internal]'
   helm_refuses "a duration that is not one (dispatch.config.failingAfter)" 1 "dispatch.config.failingAfter: Does not match pattern" \
     $'dispatch:\n  config:\n    failingAfter: ten minutes'
+  # The data lifecycle: what the services would refuse (a retention under
+  # 1h, a partition width over 31d) or run badly (a maintenance loop without
+  # a pause).
+  helm_refuses "a retention under 1h" 1 "retention: Must validate at least one schema (anyOf)" \
+    'retention: 30m'
+  helm_refuses "a partition width over 31d" 1 "partitionWidth: Does not match pattern" \
+    'partitionWidth: 32d'
+  helm_refuses "a partition width that is not whole hours" 1 "partitionWidth: Does not match pattern" \
+    'partitionWidth: 90m'
+  helm_refuses "a maintenance interval of 0s" 1 "admin.config.maintenanceInterval: Does not match pattern" \
+    $'admin:\n  config:\n    maintenanceInterval: 0s'
 
   # ============================================================== checkov
   # charts/tributary/checkov.yaml holds the skips and their reasons. Run 1

@@ -486,6 +486,9 @@ TRIBUTARY_FAILING_AFTER: {{ $c.failingAfter | quote }}
 {{- else if eq .component "admin" }}
 TRIBUTARY_LAG_GROUPS: {{ $c.lagGroups | default $root.Values.processor.config.consumerGroup | quote }}
 TRIBUTARY_LAG_POLL_INTERVAL: {{ $c.lagPollInterval | quote }}
+{{- /* The store's maintenance loop: partitions ahead, retention (toString: a bare 0 in the values is a number). */}}
+TRIBUTARY_RETENTION: {{ $root.Values.retention | toString | quote }}
+TRIBUTARY_MAINTENANCE_INTERVAL: {{ $c.maintenanceInterval | quote }}
 {{- range $other := splitList " " (include "tributary.healthChecked" $root) }}
 {{- $octx := dict "root" $root "component" $other }}
 TRIBUTARY_{{ upper $other }}_ADDR: {{ printf "%s:%d" (include "tributary.componentName" $octx) (int (index $root.Values $other).ports.grpc) | quote }}
