@@ -46,7 +46,7 @@ pub struct Config {
     pub retention: Duration,
     /// How often the store's maintenance runs (partitions created ahead,
     /// retention applied); also once at start. One replica works at a time.
-    #[arg(long, env = "TRIBUTARY_MAINTENANCE_INTERVAL", value_parser = parse_duration, default_value = "15m")]
+    #[arg(long, env = "TRIBUTARY_MAINTENANCE_INTERVAL", value_parser = parse_interval, default_value = "15m")]
     pub maintenance_interval: Duration,
     /// gRPC address of ingest, for GetPipelineStatus' health check.
     #[arg(long, env = "TRIBUTARY_INGEST_ADDR", default_value = "127.0.0.1:50051")]
@@ -76,4 +76,13 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+}
+
+/// A pause between rounds: at least a second.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?}: the interval is at least 1s"));
+    }
+    Ok(d)
 }

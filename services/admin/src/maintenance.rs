@@ -147,8 +147,30 @@ async fn work(
                 tracing::info!(table, rows = n, "deleted rows past retention");
             }
         }
+        if !report.failed.is_empty() {
+            update_gauges(client, metrics).await?;
+            return Err(tributary_store::StoreError::Invariant(
+                "a partition past retention could not be dropped this round (its lock was busy)",
+            ));
+        }
     }
-    let parts = tributary_store::partitions::list(&*client).await?;
+    update_gauges(client, metrics).await?;
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    metrics
+        .last_success
+        .set(i64::try_from(unix).unwrap_or(i64::MAX));
+    Ok(())
+}
+
+/// How many partitions there are and how far ahead the newest reaches.
+async fn update_gauges(
+    client: &tributary_store::pool::Client,
+    metrics: &Metrics,
+) -> Result<(), tributary_store::StoreError> {
+    let parts = tributary_store::partitions::list(client).await?;
     metrics
         .partitions
         .set(i64::try_from(parts.len()).unwrap_or(i64::MAX));
@@ -159,12 +181,5 @@ async fn work(
         };
         metrics.ahead.set(ahead);
     }
-    let unix = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    metrics
-        .last_success
-        .set(i64::try_from(unix).unwrap_or(i64::MAX));
     Ok(())
 }

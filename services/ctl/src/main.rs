@@ -66,10 +66,10 @@ struct MigrateArgs {
           value_parser = tributary_platform::config::parse_retention)]
     retention: Duration,
     /// The time span of each new partition of events (`1d`, `6h`; from 1h to
-    /// 31d). Changing it only affects partitions created afterwards.
-    #[arg(long, env = "TRIBUTARY_PARTITION_WIDTH", default_value = "1d",
-          value_parser = parse_width)]
-    partition_width: Duration,
+    /// 31d). Changing it only affects partitions created afterwards. Unset:
+    /// the stored width is kept (a new database starts with 1d).
+    #[arg(long, env = "TRIBUTARY_PARTITION_WIDTH", value_parser = parse_width)]
+    partition_width: Option<Duration>,
     /// Print what would be done (migrations, partitions to create or drop,
     /// rows past retention, topics) and change nothing.
     #[arg(long)]
@@ -254,17 +254,18 @@ async fn dry_run(args: &MigrateArgs) -> anyhow::Result<()> {
             );
         } else {
             let existing = tributary_store::partitions::list(&client).await?;
-            let width = tributary_store::partitions::width(&client).await?;
-            if width != args.partition_width {
+            let stored = tributary_store::partitions::width(&client).await?;
+            let width = args.partition_width.unwrap_or(stored);
+            if width != stored {
                 println!(
                     "partition width: {} s would become {} s (new partitions only)",
-                    width.as_secs(),
-                    args.partition_width.as_secs()
+                    stored.as_secs(),
+                    width.as_secs()
                 );
             }
             let planned = tributary_store::partitions::plan(
                 &existing,
-                args.partition_width,
+                width,
                 now,
                 now + tributary_store::partitions::AHEAD,
             );

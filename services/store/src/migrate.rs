@@ -154,15 +154,17 @@ pub async fn conversion_plan(
     )
 }
 
-/// Applies what is missing; returns the versions it applied.
+/// Applies what is missing, then creates the partitions of the next days;
+/// returns the versions it applied.
 pub async fn run(pool: &Pool) -> Result<Vec<&'static str>, StoreError> {
-    run_with(pool, crate::partitions::DEFAULT_WIDTH).await
+    run_with(pool, None).await
 }
 
-/// [`run`], with the width of partitions created from now on.
+/// [`run`], setting the width of partitions created from now on (`None`
+/// keeps the stored one).
 pub async fn run_with(
     pool: &Pool,
-    width: std::time::Duration,
+    width: Option<std::time::Duration>,
 ) -> Result<Vec<&'static str>, StoreError> {
     migrate_to(pool, None, Some(width)).await
 }
@@ -175,11 +177,12 @@ pub async fn run_until(pool: &Pool, last: &str) -> Result<Vec<&'static str>, Sto
 }
 
 /// Under the migrators' lock: the migrations up to `last` (all when
-/// `None`), then, with a width, the partitions of the next days.
+/// `None`), then, with `upkeep`, the width it names (if any) and the
+/// partitions of the next days.
 async fn migrate_to(
     pool: &Pool,
     last: Option<&str>,
-    width: Option<std::time::Duration>,
+    upkeep: Option<Option<std::time::Duration>>,
 ) -> Result<Vec<&'static str>, StoreError> {
     let mut client = pool.get().await?;
     client
@@ -189,7 +192,7 @@ async fn migrate_to(
     // At every run: the width, and the partitions of the next days (their
     // advisory lock is this one again, held by this session already).
     if result.is_ok()
-        && let Some(width) = width
+        && let Some(width) = upkeep
         && let Err(e) = prepare_partitions(&mut client, width).await
     {
         result = Err(e);
@@ -206,9 +209,11 @@ async fn migrate_to(
 
 async fn prepare_partitions(
     client: &mut deadpool_postgres::Object,
-    width: std::time::Duration,
+    width: Option<std::time::Duration>,
 ) -> Result<(), StoreError> {
-    if crate::partitions::width(&*client).await? != width {
+    if let Some(width) = width
+        && crate::partitions::width(&*client).await? != width
+    {
         crate::partitions::set_width(&*client, width).await?;
         tracing::info!(
             seconds = width.as_secs(),

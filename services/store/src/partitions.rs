@@ -14,9 +14,6 @@ use deadpool_postgres::GenericClient;
 
 use crate::StoreError;
 
-/// The width of partitions unless `migrate --partition-width` says otherwise.
-pub const DEFAULT_WIDTH: Duration = Duration::from_secs(86_400);
-
 /// How far ahead of now range partitions exist after [`ensure_ahead`].
 pub const AHEAD: Duration = Duration::from_secs(3 * 24 * 3600);
 

@@ -119,6 +119,11 @@ mod admin_rpcs {
             format!("--dlq-topic={}", kafka.dlq_topic),
             format!("--database-url={}", db.url),
         ];
+        // Rows here are dated 1970: the maintenance round at start would
+        // delete them past the default 30 days, unless a test says otherwise.
+        if !extra.iter().any(|a| a.starts_with("--retention")) {
+            args.push("--retention=0".into());
+        }
         args.extend(extra.iter().cloned());
         let config = <Config as clap::Parser>::parse_from(args);
         let admin = Admin::build(config, prometheus::Registry::new())
@@ -333,6 +338,81 @@ mod admin_rpcs {
             .dead_letters;
         assert!(after[0].redrive_requested_at.is_some());
         assert!(after[0].redriven_at.is_none(), "redriven only after a 2xx");
+        token.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn maintenance_applies_retention_at_start_and_keeps_recent_rows() {
+        let db = TestDb::new().await.unwrap();
+        let broker = TestBroker::start().await.unwrap();
+        let kafka = broker.kafka_args(&suffix());
+        broker.create_topics(&kafka, 1).await.unwrap();
+        let now = SystemTime::now();
+        let row = |n: i64, occurred_at: SystemTime| NewEvent {
+            event_id: format!("r{n}"),
+            event_type: "t".into(),
+            source: String::new(),
+            user_id: String::new(),
+            session_id: String::new(),
+            occurred_at,
+            received_at: now,
+            payload_json: "{}".into(),
+            partition: 0,
+            offset: n,
+            trace_id: String::new(),
+            schema_version: 0,
+        };
+        let day = Duration::from_secs(86_400);
+        let pg = db.pool.get().await.unwrap();
+        insert_events(
+            &pg,
+            &[
+                row(0, now - day * 40),
+                row(1, now - day * 31),
+                row(2, now - day * 29),
+                row(3, now),
+            ],
+        )
+        .await
+        .unwrap();
+        let ids = async || -> Vec<String> {
+            pg.query(
+                "SELECT e.event_id FROM events e JOIN event_ids i USING (event_id) ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        };
+        assert_eq!(ids().await, ["r0", "r1", "r2", "r3"]);
+        let (_client, token) = start_with(
+            &db,
+            &kafka,
+            &[
+                "--auth=off".into(),
+                "--retention=30d".into(),
+                "--maintenance-interval=1s".into(),
+            ],
+        )
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut left = ids().await;
+        while left.len() > 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            left = ids().await;
+        }
+        assert_eq!(left, ["r2", "r3"], "past 30 days gone, the rest kept");
+        let orphans: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM event_ids WHERE event_id IN ('r0', 'r1')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(orphans, 0, "their event_ids went too");
         token.cancel();
     }
 
