@@ -154,7 +154,8 @@ async fn drop_partition(
 }
 
 /// Runs a bounded DELETE until it removes less than a batch or the run's
-/// [`TIME_BUDGET`] for the table is spent; returns the rows deleted.
+/// [`TIME_BUDGET`] for the table is spent, pausing between batches;
+/// returns the rows deleted.
 async fn trim(
     client: &deadpool_postgres::Object,
     sql: &str,
@@ -163,11 +164,15 @@ async fn trim(
     let started = Instant::now();
     let mut total = 0;
     loop {
+        let batch = Instant::now();
         let n = client.execute(sql, &[&cutoff, &BATCH]).await?;
         total += n;
         if n < BATCH as u64 || started.elapsed() >= TIME_BUDGET {
             return Ok(total);
         }
+        // Paced: as long a pause as the batch took, so the deletes take at
+        // most half of one connection's time and the writers keep the rest.
+        tokio::time::sleep(batch.elapsed()).await;
     }
 }
 
