@@ -424,12 +424,17 @@ if ((LC_D_OK)); then
   # Today, between its start and now.
   LC_D_TODAY=$((LC_D_NOW / 86400 * 86400 + (LC_D_NOW % 86400) / 2))
   LC_OLD_PART="events_p$(date -u -d "@$LC_D45" +%Y%m%d)"
+  # A partition of the day after, detached and not dropped: what a run
+  # interrupted between its DETACH and its DROP leaves.
+  LC_ORPHAN="events_p$(date -u -d "@$((LC_D45 + 86400))" +%Y%m%d)"
   # 50 rows 40 days old and 5 rows 29 days old (no range partition covers
   # them: events_default), 30 rows in the partition of the day 45 days ago,
   # 20 rows of today (today's partition); event_ids for all of them;
   # 10 old and 10 recent dead letters and alerts.
   if LC_SEED=$(lc_sql_in "$LC_DB_RET" 2>&1 <<SQL
 SELECT tributary_create_event_partition('$LC_OLD_PART', '$(rfc3339 "$LC_D45")', '$(rfc3339 $((LC_D45 + 86400)))');
+SELECT tributary_create_event_partition('$LC_ORPHAN', '$(rfc3339 $((LC_D45 + 86400)))', '$(rfc3339 $((LC_D45 + 2 * 86400)))');
+ALTER TABLE events DETACH PARTITION $LC_ORPHAN;
 INSERT INTO events (event_id, event_type, source, user_id, occurred_at, received_at, payload, kafka_partition, kafka_offset)
 SELECT id, 'lc.retention', 'lc', 'u', at, at, '{}', 0, g
   FROM (SELECT 'old-default-' || g AS id, now() - interval '40 days' - g * interval '1 minute' AS at, g FROM generate_series(1, 50) g
@@ -447,7 +452,7 @@ SELECT 'lc-rule', 'alert-' || g, 'lc.retention', '2', CASE WHEN g <= 10 THEN now
   FROM generate_series(1, 20) g;
 SQL
   ); then
-    pass "seeded: partition $LC_OLD_PART, 105 events, 105 event_ids, 20 dead letters, 20 alerts"
+    pass "seeded: partition $LC_OLD_PART, $LC_ORPHAN detached, 105 events, 105 event_ids, 20 dead letters, 20 alerts"
   else
     fail "seeding $LC_DB_RET" "$LC_SEED"
     LC_D_OK=0
@@ -461,8 +466,9 @@ if ((LC_D_OK)); then
   LC_SNAP_BEFORE=$(lc_snapshot "$LC_DB_RET" "$LC_RET_COUNTS" 2>&1)
   if lc_ctl_ok ret-dry-run migrate --skip-topics --database-url "$(lc_url "$LC_DB_RET")" --retention 30d --dry-run; then
     assert_contains "the dry run lists retention: drop partition $LC_OLD_PART" "$LC_CTL_OUT" "retention: drop partition $LC_OLD_PART"
-    assert_eq "the dry run drops no other partition" "retention: drop partition $LC_OLD_PART" \
-      "$(grep '^retention: drop partition' <<<"$LC_CTL_OUT")"
+    assert_eq "the dry run drops $LC_OLD_PART and the detached $LC_ORPHAN, no other partition" \
+      "retention: drop partition $LC_OLD_PART;retention: drop partition $LC_ORPHAN" \
+      "$(grep '^retention: drop partition' <<<"$LC_CTL_OUT" | paste -sd ';' -)"
     for want in "50 row(s) of events_default" "10 row(s) of dead_letters" "10 row(s) of alerts"; do
       assert_contains "the dry run counts retention: $want past it" "$LC_CTL_OUT" "retention: $want past it"
     done
@@ -473,13 +479,18 @@ if ((LC_D_OK)); then
 
   if lc_ctl_ok ret-apply migrate --skip-topics --database-url "$(lc_url "$LC_DB_RET")" --retention 30d; then
     assert_match "its output names the dropped partition: $(grep "^retention: dropped" <<<"$LC_CTL_OUT")" \
-      "retention: dropped partition $LC_OLD_PART \\(lock held [0-9]+ ms\\)" "$LC_CTL_OUT"
+      "retention: dropped partition $LC_OLD_PART" "$LC_CTL_OUT"
+    assert_contains "and the one left detached: retention: dropped partition $LC_ORPHAN" "$LC_CTL_OUT" \
+      "retention: dropped partition $LC_ORPHAN"
+    assert_match "its output states the DETACH's lock time" \
+      "retention: detached the partitions past it in one transaction \\(lock on events held [0-9]+ ms\\)" "$LC_CTL_OUT"
     for want in "50 row(s) of events_default" "10 row(s) of dead_letters" "10 row(s) of alerts" "80 row(s) of event_ids"; do
       assert_contains "its output: retention: deleted $want" "$LC_CTL_OUT" "retention: deleted $want"
     done
   fi
   assert_eq "$LC_OLD_PART is gone: no longer a partition of events, no longer a table" "0|" \
     "$(lc_sql "$LC_DB_RET" "SELECT (SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass AND c.relname = '$LC_OLD_PART'), to_regclass('$LC_OLD_PART')" 2>&1)"
+  assert_eq "$LC_ORPHAN is gone too" "" "$(lc_sql "$LC_DB_RET" "SELECT to_regclass('$LC_ORPHAN')" 2>&1)"
   assert_eq "after it (old events | kept events | old event_ids | kept event_ids | old and recent dead letters | old and recent alerts)" \
     "0 25 0 25 0 10 0 10" "$(lc_sql "$LC_DB_RET" "SELECT $LC_RET_COUNTS" 2>&1)"
 fi

@@ -8,6 +8,7 @@
 //! shared and noisy: the ratio is the figure). A tenth of each round is
 //! sent again (redeliveries), which must store nothing.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -233,16 +234,22 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
         }
     }
     let total = rounds * per_round;
-    let retention =
-        retention_under_load(&new, &prefix, total, per_round, now, options.quick).await?;
+    let retention = retention_under_load(&new, &prefix, total, now, options.quick).await?;
     checks.check(
-        "layout: retention dropped every partition past it while writers inserted, and they stored every row",
+        "layout: retention dropped every partition past it and their ids while writers inserted, and they stored every row",
         retention.created >= OLD_DAYS
             && retention.dropped == retention.created
-            && retention.stored == per_round,
+            && retention.ids_deleted == retention.old_rows
+            && retention.stored == retention.sent
+            && retention.sent > 0,
         format!(
-            "{} of {} partitions dropped, {} of {per_round} rows stored meanwhile",
-            retention.dropped, retention.created, retention.stored
+            "{} of {} partitions dropped, {} of {} old ids deleted, {} of {} rows stored meanwhile",
+            retention.dropped,
+            retention.created,
+            retention.ids_deleted,
+            retention.old_rows,
+            retention.stored,
+            retention.sent
         ),
     );
     for (i, name) in ["before partitions", "partitioned"].iter().enumerate() {
@@ -292,23 +299,16 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
             new_get.quantile_ms(0.99)
         ),
     ]);
-    // Without redeliveries, as the retention round inserts.
-    let new_rate = stored[1] as f64 / first_secs[1].max(1e-3);
-    let lock_ms: Vec<f64> = retention
-        .lock
-        .iter()
-        .map(|d| d.as_secs_f64() * 1e3)
-        .collect();
-    let lock_max = lock_ms.iter().copied().fold(0.0, f64::max);
+    let lock_ms = retention.lock.as_secs_f64() * 1e3;
     println!(
-        "retention under load: {} old partitions ({} rows) dropped in {:.2} s while {} rows were inserted at {} rows/s ({:.2} of the partitioned layout's rate without it); lock per partition max {lock_max:.1} ms, median {:.1} ms",
+        "retention under load: {} old partitions ({} rows, {} ids) detached and dropped in {:.2} s while {WRITERS} writers inserted at {} rows/s, {:.2} of their {} rows/s in the windows before and after; one DETACH transaction held the lock on events {lock_ms:.1} ms",
         retention.dropped,
         thousands(retention.old_rows as f64),
+        thousands(retention.ids_deleted as f64),
         retention.seconds,
-        thousands(per_round as f64),
-        thousands(retention.rate),
-        ratio(retention.rate, new_rate),
-        median(&lock_ms),
+        thousands(retention.during),
+        ratio(retention.during, retention.around),
+        thousands(retention.around),
     );
     println!(
         "\n## Layout: {total} rows in batches of {BATCH} from {WRITERS} writers, plus 10% redelivered, {rounds} alternating rounds (insert ratio {:.2})\n\n{}\n",
@@ -337,19 +337,18 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
         "retention_under_load": {
             "partitions_dropped": retention.dropped,
             "old_rows": retention.old_rows,
+            "ids_deleted": retention.ids_deleted,
             "seconds": round3(retention.seconds),
-            "lock_ms": lock_ms.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
-            "lock_ms_max": round3(lock_max),
-            "insert_rows_per_s": round3(retention.rate),
-            "insert_ratio_to_without": ratio(retention.rate, new_rate),
+            "detach_lock_ms": round3(lock_ms),
+            "rows_inserted_meanwhile": retention.stored,
+            "insert_rows_per_s": round3(retention.during),
+            "baseline": {
+                "path": "the same writers' rate in the windows just before and just after retention ran, same process",
+                "insert_rows_per_s": round3(retention.around),
+            },
+            "insert_ratio_to_without": ratio(retention.during, retention.around),
         },
     }))
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Days of old partitions retention drops under load.
@@ -360,19 +359,70 @@ struct RetentionUnderLoad {
     created: usize,
     dropped: usize,
     old_rows: u64,
+    /// event_ids rows retention deleted (the dropped days' ids).
+    ids_deleted: u64,
     seconds: f64,
-    lock: Vec<Duration>,
+    /// The DETACH transaction's lock on events (all partitions at once).
+    lock: Duration,
+    /// Rows the writers sent and stored, in all three windows.
+    sent: u64,
     stored: u64,
-    rate: f64,
+    /// Insert rate while retention ran, and in the windows before and after.
+    during: f64,
+    around: f64,
 }
 
-/// Partitions of 35 to 44 days ago, filled; then retention (30 d) runs
-/// while the writers insert another round into today's partition.
+/// Writers insert batches into today's partition until `stop`; answers the
+/// rows sent and each batch's (end, rows stored).
+async fn load_until(
+    pool: &tributary_store::Pool,
+    prefix: &str,
+    from: u64,
+    now: SystemTime,
+    stop: &AtomicBool,
+) -> anyhow::Result<(u64, Vec<(Instant, u64)>)> {
+    let next = AtomicU64::new(0);
+    let writers = futures_util::future::join_all((0..WRITERS).map(|_| async {
+        let client = pool.get().await?;
+        let mut done = Vec::new();
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let first = from + next.fetch_add(1, Ordering::Relaxed) * BATCH as u64;
+            let batch = rows(prefix, first, first + BATCH as u64, now);
+            sent += batch.len() as u64;
+            let n = insert(&client, Layout::New, &batch).await?;
+            done.push((Instant::now(), n));
+        }
+        anyhow::Ok((sent, done))
+    }))
+    .await;
+    let (mut sent, mut done) = (0, Vec::new());
+    for w in writers {
+        let (s, d) = w?;
+        sent += s;
+        done.extend(d);
+    }
+    Ok((sent, done))
+}
+
+/// Rows per second of the batches that ended in `[from, to)`.
+fn rate_in(done: &[(Instant, u64)], from: Instant, to: Instant) -> f64 {
+    let rows: u64 = done
+        .iter()
+        .filter(|(at, _)| *at >= from && *at < to)
+        .map(|(_, n)| n)
+        .sum();
+    rows as f64 / to.duration_since(from).as_secs_f64().max(1e-3)
+}
+
+/// Partitions of 35 to 44 days ago, filled; then the writers insert into
+/// today's partition for a window, retention (30 d) runs while they go on,
+/// and they insert for another window after it: their rate while it ran
+/// beside their rate in the windows around it.
 async fn retention_under_load(
     pool: &tributary_store::Pool,
     prefix: &str,
     from: u64,
-    rows_now: u64,
     now: SystemTime,
     quick: bool,
 ) -> anyhow::Result<RetentionUnderLoad> {
@@ -404,26 +454,52 @@ async fn retention_under_load(
         )
         .await
         .context("filling old partitions")?;
+    // As the maintenance round would find them: analysed, not freshly dirty.
+    client
+        .batch_execute("VACUUM ANALYZE event_ids")
+        .await
+        .context("vacuuming event_ids")?;
     drop(client);
-    let batch = rows(prefix, from, from + rows_now, now);
+    let window = Duration::from_secs(if quick { 1 } else { 3 });
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
     let retention = async {
-        // Let the writers get going first.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(window).await;
         let start = Instant::now();
-        let report =
-            tributary_store::retention::apply(pool, Duration::from_secs(30 * 86_400), now).await;
-        (report, start.elapsed().as_secs_f64())
+        let report = tributary_store::retention::apply(
+            pool,
+            Duration::from_secs(30 * 86_400),
+            now,
+            tributary_store::retention::DEFAULT_BUDGET,
+        )
+        .await;
+        let end = Instant::now();
+        tokio::time::sleep(window).await;
+        stop.store(true, Ordering::Relaxed);
+        (report, start, end)
     };
-    let (loaded, (report, seconds)) = tokio::join!(load(pool, Layout::New, &batch), retention);
-    let (stored, load_s) = loaded?;
+    let (loaded, (report, start, end)) =
+        tokio::join!(load_until(pool, prefix, from, now, &stop), retention);
+    let (sent, done) = loaded?;
     let report = report.context("retention under load")?;
+    // The first quarter of the first window is the writers' warm-up.
+    let before = rate_in(&done, started + window / 4, start);
+    let after = rate_in(&done, end, end + window);
     Ok(RetentionUnderLoad {
         created,
         dropped: report.dropped.len(),
         old_rows,
-        seconds,
-        lock: report.dropped.iter().map(|(_, d)| *d).collect(),
-        stored,
-        rate: stored as f64 / load_s.max(1e-3),
+        ids_deleted: report
+            .deleted
+            .iter()
+            .filter(|(t, _)| *t == "event_ids")
+            .map(|(_, n)| n)
+            .sum(),
+        seconds: end.duration_since(start).as_secs_f64(),
+        lock: report.detach_lock.unwrap_or_default(),
+        sent,
+        stored: done.iter().map(|(_, n)| n).sum(),
+        during: rate_in(&done, start, end),
+        around: (before + after) / 2.0,
     })
 }

@@ -169,14 +169,24 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
                 &pool,
                 args.retention,
                 std::time::SystemTime::now(),
+                tributary_store::retention::DEFAULT_BUDGET,
             )
             .await
             .context("applying retention failed")?;
-            for (name, held) in &report.dropped {
+            if let Some(held) = report.detach_lock {
                 println!(
-                    "retention: dropped partition {name} (lock held {} ms)",
+                    "retention: detached the partitions past it in one transaction (lock on events held {} ms)",
                     held.as_millis()
                 );
+            }
+            if !report.failed.is_empty() {
+                eprintln!(
+                    "retention: could not detach {} (the lock on events was busy for 5 s); the next run tries again",
+                    report.failed.join(", ")
+                );
+            }
+            for name in &report.dropped {
+                println!("retention: dropped partition {name}");
             }
             for (table, n) in &report.deleted {
                 if *n > 0 {

@@ -63,6 +63,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "20261202100000_erasure",
         sql: include_str!("../migrations/20261202100000_erasure.sql"),
     },
+    Migration {
+        version: "20261203000000_detach_then_drop",
+        sql: include_str!("../migrations/20261203000000_detach_then_drop.sql"),
+    },
 ];
 
 /// Any fixed number; all Tributary migrators contend for this one lock.

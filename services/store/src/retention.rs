@@ -1,16 +1,20 @@
 //! Retention: keeps the store bounded without a mass `DELETE`.
 //!
 //! - Range partitions of `events` that end at or before the cutoff are
-//!   detached and dropped whole (the legacy partition of an upgraded
-//!   deployment too, once its bound passes the cutoff).
+//!   detached (a short transaction, the only step that locks `events`) and
+//!   then dropped (the legacy partition of an upgraded deployment too, once
+//!   its bound passes the cutoff). A table a crash left detached is dropped
+//!   by the next run.
 //! - Rows older than the cutoff in the default partition (backfills,
 //!   replays of old events) and in the legacy partition are deleted in
 //!   bounded batches, as are `event_ids` below the oldest row kept,
 //!   `dead_letters` and `alerts`.
 //!
-//! Each step is its own short transaction, so a run never holds a lock
-//! long; a run deletes from a table for at most [`TIME_BUDGET`] and the
-//! next run goes on.
+//! Each batch is its own statement, so a run never holds a lock long, and
+//! the batches are paced: after each, a pause [`PAUSE_PER_BATCH`] times as
+//! long as it took, so deleting takes at most a fifth of one connection's
+//! time and the writers keep the rest. A run deletes from a table for at
+//! most the budget its caller gives; the next run goes on.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,17 +22,20 @@ use crate::StoreError;
 use crate::pool::Pool;
 
 /// Rows per DELETE.
-pub const BATCH: i64 = 10_000;
-/// How long a run keeps deleting from one table: each batch is its own
-/// statement, so a run never holds a lock long, and the next run goes on.
-pub const TIME_BUDGET: Duration = Duration::from_secs(60);
+pub const BATCH: i64 = 5_000;
+/// The pause after a batch, in multiples of the time the batch took.
+pub const PAUSE_PER_BATCH: u32 = 4;
+/// A run's budget per table when its caller has no better one (`migrate`).
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
 
 /// What one run removed.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// Partitions dropped, each with how long its DETACH and DROP held the
-    /// lock on `events`.
-    pub dropped: Vec<(String, Duration)>,
+    /// Partitions dropped.
+    pub dropped: Vec<String>,
+    /// How long their DETACH (one transaction for all) held the lock on
+    /// `events`, from asking for it to the commit.
+    pub detach_lock: Option<Duration>,
     /// (table, rows deleted) for the tables trimmed in batches.
     pub deleted: Vec<(&'static str, u64)>,
     /// Partitions past retention that could not be dropped this run.
@@ -65,31 +72,55 @@ const TRIMMED: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Applies `retention` as of `now`. A partition that cannot be dropped
-/// now (its lock not had within 5 s) is reported in `failed` and the other
-/// steps go on; the next run tries it again.
+/// Applies `retention` as of `now`, deleting from each trimmed table for at
+/// most `budget`. A partition that cannot be detached now (its lock not had
+/// within 5 s) is reported in `failed` and the other steps go on; the next
+/// run tries it again.
 pub async fn apply(
     pool: &Pool,
     retention: Duration,
     now: SystemTime,
+    budget: Duration,
 ) -> Result<Report, StoreError> {
     let cutoff = now - retention;
     let mut report = Report::default();
     let mut client = pool.get().await?;
 
-    // 1. Whole partitions, oldest first.
+    // 1. Whole partitions, oldest first: detached together in one short
+    //    transaction (one wait for the lock, however many are due), then
+    //    dropped one by one; and any a crash left detached.
     let parts = crate::partitions::list(&client).await?;
-    for p in parts.iter().filter(|p| p.to.is_some_and(|to| to <= cutoff)) {
-        match drop_partition(&mut client, &p.name).await {
+    let due: Vec<&str> = parts
+        .iter()
+        .filter(|p| p.to.is_some_and(|to| to <= cutoff))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !due.is_empty() {
+        match detach(&mut client, &due).await {
             Ok(held) => {
-                tracing::info!(partition = %p.name, lock_ms = held.as_millis() as u64, "dropped an events partition past retention");
-                report.dropped.push((p.name.clone(), held));
+                tracing::info!(
+                    partitions = due.len(),
+                    lock_ms = held.as_millis() as u64,
+                    "detached the events partitions past retention"
+                );
+                report.detach_lock = Some(held);
             }
             Err(e) => {
-                tracing::warn!(partition = %p.name, error = %crate::error_chain(&e), "cannot drop an events partition past retention now; trying again next run");
-                report.failed.push(p.name.clone());
+                tracing::warn!(partitions = ?due, error = %crate::error_chain(&e), "cannot detach the events partitions past retention now; trying again next run");
+                report.failed = due.iter().map(|n| n.to_string()).collect();
             }
         }
+    }
+    let orphans = detached(&client).await?;
+    // What was just detached, and what an interrupted run left.
+    for name in orphans {
+        // Paced like the batches below: a DROP commits the removal of a
+        // dozen files and a WAL flush, which the writers feel.
+        let started = Instant::now();
+        drop_detached(&client, &name).await?;
+        tokio::time::sleep(started.elapsed() * PAUSE_PER_BATCH).await;
+        tracing::info!(partition = %name, "dropped an events partition past retention");
+        report.dropped.push(name);
     }
 
     // 2. Old rows outside range partitions, dead letters and alerts.
@@ -98,7 +129,7 @@ pub async fn apply(
         if table.starts_with("events_") && !parts.iter().any(|p| p.name == *table) {
             continue;
         }
-        let n = trim(&client, sql, cutoff).await?;
+        let n = trim(&client, sql, cutoff, budget).await?;
         report.deleted.push((table, n));
     }
 
@@ -121,21 +152,30 @@ pub async fn apply(
             }
         }
     }
+    // By a range of event_ids_by_time, not by ids: the $2-th oldest row's
+    // time is the batch's edge (rows sharing it go in the same batch), and
+    // with fewer rows left than a batch everything below the cutoff goes.
     let n = trim(
         &client,
-        "DELETE FROM event_ids WHERE event_id = ANY(ARRAY(
-             SELECT event_id FROM event_ids WHERE occurred_at < $1 ORDER BY occurred_at LIMIT $2))",
+        "DELETE FROM event_ids
+          WHERE occurred_at < $1
+            AND occurred_at <= COALESCE(
+                  (SELECT occurred_at FROM event_ids WHERE occurred_at < $1
+                    ORDER BY occurred_at OFFSET $2 LIMIT 1),
+                  $1)",
         ids_cutoff,
+        budget,
     )
     .await?;
     report.deleted.push(("event_ids", n));
     Ok(report)
 }
 
-/// Detaches and drops one partition; answers how long that held its lock.
-async fn drop_partition(
+/// Detaches `names` in one transaction; answers how long that held the lock
+/// on `events` (queued writers wait from the moment it is asked for).
+async fn detach(
     client: &mut deadpool_postgres::Object,
-    name: &str,
+    names: &[&str],
 ) -> Result<Duration, StoreError> {
     let tx = client.transaction().await?;
     // Never queue long behind a query, holding up everyone queued behind
@@ -147,19 +187,54 @@ async fn drop_partition(
     )
     .await?;
     let started = Instant::now();
-    tx.execute("SELECT tributary_drop_event_partition($1)", &[&name])
-        .await?;
+    for name in names {
+        tx.execute("SELECT tributary_detach_event_partition($1)", &[name])
+            .await?;
+    }
     tx.commit().await?;
     Ok(started.elapsed())
 }
 
-/// Runs a bounded DELETE until it removes less than a batch or the run's
-/// [`TIME_BUDGET`] for the table is spent, pausing between batches;
+/// Tables named as range partitions are (`events_p<start>`) but attached to
+/// nothing: detached by a run that did not get to drop them. (The query,
+/// not the migration's function of the same name, so that a dry run plans
+/// on a database that migration has yet to reach.)
+async fn detached(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<Vec<String>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+              WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace
+                AND c.relname ~ '^events_p[0-9]{8}(_[0-9]{4})?$' AND NOT c.relispartition
+              ORDER BY c.relname",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Drops a detached partition: no lock on `events`.
+async fn drop_detached(client: &deadpool_postgres::Object, name: &str) -> Result<(), StoreError> {
+    client
+        .execute(
+            "SELECT tributary_drop_detached_event_partition($1)",
+            &[&name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Runs a bounded DELETE until it removes less than a batch or `budget` is
+/// spent, pausing [`PAUSE_PER_BATCH`] times as long as each batch took;
 /// returns the rows deleted.
 async fn trim(
     client: &deadpool_postgres::Object,
     sql: &str,
     cutoff: SystemTime,
+    budget: Duration,
 ) -> Result<u64, StoreError> {
     let started = Instant::now();
     let mut total = 0;
@@ -167,17 +242,16 @@ async fn trim(
         let batch = Instant::now();
         let n = client.execute(sql, &[&cutoff, &BATCH]).await?;
         total += n;
-        if n < BATCH as u64 || started.elapsed() >= TIME_BUDGET {
+        if n < BATCH as u64 || started.elapsed() >= budget {
             return Ok(total);
         }
-        // Paced: as long a pause as the batch took, so the deletes take at
-        // most half of one connection's time and the writers keep the rest.
-        tokio::time::sleep(batch.elapsed()).await;
+        tokio::time::sleep(batch.elapsed() * PAUSE_PER_BATCH).await;
     }
 }
 
 /// What [`apply`] would do, without changing anything: the partitions it
-/// would drop and the rows past the cutoff per table (counted).
+/// would drop (and any left detached) and the rows past the cutoff per
+/// table (counted).
 pub async fn plan(
     client: &impl deadpool_postgres::GenericClient,
     retention: Duration,
@@ -185,11 +259,12 @@ pub async fn plan(
 ) -> Result<(Vec<String>, Vec<(&'static str, i64)>), StoreError> {
     let cutoff = now - retention;
     let parts = crate::partitions::list(client).await?;
-    let drop: Vec<String> = parts
+    let mut drop: Vec<String> = parts
         .iter()
         .filter(|p| p.to.is_some_and(|to| to <= cutoff))
         .map(|p| p.name.clone())
         .collect();
+    drop.extend(detached(client).await?);
     let mut rows = Vec::new();
     for (table, column, _) in TRIMMED {
         if table.starts_with("events_") && !parts.iter().any(|p| p.name == *table) {
