@@ -105,33 +105,9 @@ async fn insert(
         Layout::New => tributary_store::events::insert_events(client, batch)
             .await?
             .len() as u64,
-        Layout::Old => {
-            macro_rules! column {
-                ($field:ident) => {
-                    batch.iter().map(|e| &e.$field).collect::<Vec<_>>()
-                };
-            }
-            client
-                .query(
-                    OLD_INSERT,
-                    &[
-                        &column!(event_id),
-                        &column!(event_type),
-                        &column!(source),
-                        &column!(user_id),
-                        &column!(session_id),
-                        &column!(occurred_at),
-                        &column!(received_at),
-                        &column!(payload_json),
-                        &column!(partition),
-                        &column!(offset),
-                        &column!(trace_id),
-                        &column!(schema_version),
-                    ],
-                )
-                .await?
-                .len() as u64
-        }
+        Layout::Old => tributary_store::events::with_columns(client, OLD_INSERT, batch)
+            .await?
+            .len() as u64,
     })
 }
 
@@ -311,6 +287,11 @@ async fn measure(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
         thousands(retention.around),
     );
     println!(
+        "  (before: {} rows/s, after: {} rows/s)",
+        thousands(retention.before),
+        thousands(retention.after)
+    );
+    println!(
         "\n## Layout: {total} rows in batches of {BATCH} from {WRITERS} writers, plus 10% redelivered, {rounds} alternating rounds (insert ratio {:.2})\n\n{}\n",
         ratio(rate(1), rate(0)),
         t.render()
@@ -370,6 +351,8 @@ struct RetentionUnderLoad {
     /// Insert rate while retention ran, and in the windows before and after.
     during: f64,
     around: f64,
+    before: f64,
+    after: f64,
 }
 
 /// Writers insert batches into today's partition until `stop`; answers the
@@ -501,5 +484,7 @@ async fn retention_under_load(
         stored: done.iter().map(|(_, n)| n).sum(),
         during: rate_in(&done, start, end),
         around: (before + after) / 2.0,
+        before,
+        after,
     })
 }

@@ -134,14 +134,12 @@ pub async fn insert_events(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    macro_rules! column {
-        ($field:ident) => {
-            events.iter().map(|e| &e.$field).collect::<Vec<_>>()
-        };
-    }
-    let rows = client
-        .query(
-            "WITH input AS (
+    with_columns(client, INSERT_EVENTS, events).await
+}
+
+/// The processor's insert: the event_ids insert decides, then the row goes
+/// to its time partition. `$1`..`$12` as [`with_columns`] binds them.
+const INSERT_EVENTS: &str = "WITH input AS (
                  SELECT DISTINCT ON (event_id) *
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::timestamptz[], $7::timestamptz[], $8::text[], $9::int4[],
@@ -163,7 +161,27 @@ pub async fn insert_events(
                     e.occurred_at, e.received_at, e.payload::jsonb, e.kafka_partition,
                     e.kafka_offset, e.trace_id, e.schema_version
              FROM input e JOIN fresh USING (event_id)
-             RETURNING event_id",
+             RETURNING event_id";
+
+/// Runs `sql` with the events' columns bound as arrays, `$1`..`$12`:
+/// event_id, event_type, source, user_id, session_id, occurred_at,
+/// received_at, payload (JSON text), kafka_partition, kafka_offset,
+/// trace_id, schema_version; answers the first column of each row returned.
+/// [`insert_events`] runs its statement this way; the bench runs the
+/// statement of the layout before partitions this way too.
+pub async fn with_columns(
+    client: &impl GenericClient,
+    sql: &str,
+    events: &[NewEvent],
+) -> Result<Vec<String>, StoreError> {
+    macro_rules! column {
+        ($field:ident) => {
+            events.iter().map(|e| &e.$field).collect::<Vec<_>>()
+        };
+    }
+    let rows = client
+        .query(
+            sql,
             &[
                 &column!(event_id),
                 &column!(event_type),

@@ -12,7 +12,7 @@
 //!
 //! Each batch is its own statement, so a run never holds a lock long, and
 //! the batches are paced: after each, a pause [`PAUSE_PER_BATCH`] times as
-//! long as it took, so deleting takes at most a fifth of one connection's
+//! long as it took, so deleting takes at most a tenth of one connection's
 //! time and the writers keep the rest. A run deletes from a table for at
 //! most the budget its caller gives; the next run goes on.
 
@@ -24,7 +24,7 @@ use crate::pool::Pool;
 /// Rows per DELETE.
 pub const BATCH: i64 = 5_000;
 /// The pause after a batch, in multiples of the time the batch took.
-pub const PAUSE_PER_BATCH: u32 = 4;
+pub const PAUSE_PER_BATCH: u32 = 9;
 /// A run's budget per table when its caller has no better one (`migrate`).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
 
@@ -152,21 +152,7 @@ pub async fn apply(
             }
         }
     }
-    // By a range of event_ids_by_time, not by ids: the $2-th oldest row's
-    // time is the batch's edge (rows sharing it go in the same batch), and
-    // with fewer rows left than a batch everything below the cutoff goes.
-    let n = trim(
-        &client,
-        "DELETE FROM event_ids
-          WHERE occurred_at < $1
-            AND occurred_at <= COALESCE(
-                  (SELECT occurred_at FROM event_ids WHERE occurred_at < $1
-                    ORDER BY occurred_at OFFSET $2 LIMIT 1),
-                  $1)",
-        ids_cutoff,
-        budget,
-    )
-    .await?;
+    let n = trim_ids(&client, ids_cutoff, budget).await?;
     report.deleted.push(("event_ids", n));
     Ok(report)
 }
@@ -245,6 +231,53 @@ async fn trim(
         if n < BATCH as u64 || started.elapsed() >= budget {
             return Ok(total);
         }
+        tokio::time::sleep(batch.elapsed() * PAUSE_PER_BATCH).await;
+    }
+}
+
+/// Deletes `event_ids` below `cutoff` as [`trim`] does, by ranges of its
+/// time index rather than by ids: a batch ends at the time of the
+/// [`BATCH`]-th oldest row (rows sharing it go in the same batch) and the
+/// next starts there, never rescanning the index entries earlier batches
+/// left dead (until a vacuum, each scan from the oldest would walk them).
+async fn trim_ids(
+    client: &deadpool_postgres::Object,
+    cutoff: SystemTime,
+    budget: Duration,
+) -> Result<u64, StoreError> {
+    let started = Instant::now();
+    let mut total = 0;
+    let oldest: Option<SystemTime> = client
+        .query_one("SELECT min(occurred_at) FROM event_ids", &[])
+        .await?
+        .get(0);
+    let Some(mut from) = oldest.filter(|t| *t < cutoff) else {
+        return Ok(0);
+    };
+    loop {
+        let batch = Instant::now();
+        let edge: Option<SystemTime> = client
+            .query_opt(
+                "SELECT occurred_at FROM event_ids WHERE occurred_at >= $1 AND occurred_at < $2
+                  ORDER BY occurred_at OFFSET $3 LIMIT 1",
+                &[&from, &cutoff, &BATCH],
+            )
+            .await?
+            .map(|r| r.get(0));
+        total += client
+            .execute(
+                "DELETE FROM event_ids
+                  WHERE occurred_at >= $1 AND occurred_at < $2 AND occurred_at <= COALESCE($3, $2)",
+                &[&from, &cutoff, &edge],
+            )
+            .await?;
+        let Some(edge) = edge else {
+            return Ok(total);
+        };
+        if started.elapsed() >= budget {
+            return Ok(total);
+        }
+        from = edge;
         tokio::time::sleep(batch.elapsed() * PAUSE_PER_BATCH).await;
     }
 }
