@@ -299,6 +299,30 @@ pub fn service_command(binary: &std::path::Path) -> tokio::process::Command {
     command
 }
 
+/// A service of the bench's own ([`service_command`]): its gRPC port on
+/// `grpc`, its HTTP port free, over the deployment's broker and database
+/// (the caller may set another TRIBUTARY_DATABASE_URL).
+pub fn own_service(
+    options: &Options,
+    binary: &std::path::Path,
+    grpc: u16,
+) -> anyhow::Result<tokio::process::Command> {
+    let kafka = options.kafka();
+    let mut command = service_command(binary);
+    command
+        .env("TRIBUTARY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("TRIBUTARY_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("TRIBUTARY_KAFKA_BROKERS", &kafka.kafka_brokers)
+        .env("TRIBUTARY_DATABASE_URL", &options.database_url);
+    if !kafka.kafka_options.is_empty() {
+        command.env("TRIBUTARY_KAFKA_OPTIONS", kafka.kafka_options.join(","));
+    }
+    if let Some(p) = &kafka.kafka_sasl_password {
+        command.env("TRIBUTARY_KAFKA_SASL_PASSWORD", p);
+    }
+    Ok(command)
+}
+
 /// A PostgreSQL connection (the connection task runs in the background).
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tributary_store::tls::Connect::from_url(url)
