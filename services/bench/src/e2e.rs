@@ -20,12 +20,11 @@ use crate::conn::Connection;
 use crate::ingest::{Limit, Mode};
 use crate::persist::{stored, wait_drained};
 use crate::stats::{Samples, Table, round3, thousands};
-use crate::topic::{self, EVENTS_TOPIC, Offsets};
+use crate::topic::{self, EVENTS_TOPIC};
 use crate::{Checks, Options, data, procs};
 
 async fn ends(options: &Options) -> anyhow::Result<Vec<(i32, i64)>> {
-    let kafka = options.kafka();
-    topic::blocking(move || Offsets::new(&kafka, "tributary-bench")?.ends(EVENTS_TOPIC)).await
+    topic::ends(&options.kafka(), EVENTS_TOPIC).await
 }
 
 /// The events topic's end offsets now (for the scenarios' offset ranges).
@@ -82,6 +81,89 @@ async fn probe(
             (acked.elapsed() / 20).clamp(Duration::from_millis(2), Duration::from_millis(50));
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Open loop: each client sends a batch of `batch` new events (ids
+/// `<prefix><client>.<n>`) every `interval` for `seconds`, each tick's batch
+/// by its own task, so a slow answer does not lower the offered load (no
+/// coordinated omission). `on_ack(k, id, at)` runs in that task once the
+/// client's k-th batch is acknowledged (id: its first event's; at: when).
+/// Answers the events sent and acknowledged.
+pub(crate) async fn open_loop<F, Fut>(
+    channels: &[Connection],
+    prefix: &str,
+    batch: usize,
+    interval: Duration,
+    seconds: Duration,
+    on_ack: F,
+) -> (u64, u64)
+where
+    F: Fn(u64, String, Instant) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, ch) in channels.iter().enumerate() {
+        let prefix = format!("{prefix}{c}.");
+        let client = IngestServiceClient::new(ch.clone());
+        let on_ack = on_ack.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(
+                tokio::time::Instant::now() + interval.mul_f64(c as f64 / 4.0),
+                interval,
+            );
+            let (mut sent, mut k) = (0u64, 0u64);
+            let mut batches = Vec::new();
+            while started.elapsed() < seconds {
+                ticker.tick().await;
+                let (mut client, prefix, first) = (client.clone(), prefix.clone(), sent);
+                let on_ack = on_ack.clone();
+                batches.push(tokio::spawn(async move {
+                    let (a, id) = send_batch(&mut client, &prefix, first, batch).await;
+                    if a > 0 {
+                        on_ack(k, id, Instant::now()).await;
+                    }
+                    a
+                }));
+                sent += batch as u64;
+                k += 1;
+            }
+            let mut acked = 0u64;
+            for b in batches {
+                acked += b.await.unwrap_or(0);
+            }
+            (sent, acked)
+        }));
+    }
+    sum_counts(tasks).await
+}
+
+/// received_at → persisted_at of the run's rows from the offset ranges:
+/// p50, p99 and p99.9 in milliseconds.
+pub(crate) async fn received_to_persisted(
+    db: &tokio_postgres::Client,
+    run_id: &str,
+    from: &[(i32, i64)],
+    to: &[(i32, i64)],
+) -> anyhow::Result<Value> {
+    let condition = topic::run_rows(run_id, from, to);
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT percentile_disc(ARRAY[0.5, 0.99, 0.999]::float8[]) WITHIN GROUP
+                        (ORDER BY extract(epoch FROM persisted_at - received_at)::float8 * 1000)
+                   FROM events WHERE {condition}"
+            ),
+            &[],
+        )
+        .await
+        .context("received → persisted percentiles")?;
+    let p: Vec<f64> = row.get::<_, Option<Vec<f64>>>(0).unwrap_or_default();
+    Ok(json!({
+        "p50": round3(p.first().copied().unwrap_or(0.0)),
+        "p99": round3(p.get(1).copied().unwrap_or(0.0)),
+        "p999": round3(p.get(2).copied().unwrap_or(0.0)),
+    }))
 }
 
 /// Events sent and acknowledged by all clients (a failed client counts 0).
@@ -178,58 +260,40 @@ pub async fn run(
     let before = deployment.snapshot();
     let visible = Arc::new(Mutex::new(Samples::new()));
     let lost_probes = Arc::new(Mutex::new(0u64));
-    let query_channel = options.query_connection().await?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, ch) in channels.iter().enumerate() {
-        let prefix = format!("{run_id}.h.{c}.");
-        let client = IngestServiceClient::new(ch.clone());
-        let query = QueryServiceClient::new(query_channel.clone());
+    let probes = {
+        let query = QueryServiceClient::new(options.query_connection().await?);
         let (visible, lost_probes) = (visible.clone(), lost_probes.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval_at(
-                tokio::time::Instant::now() + interval.mul_f64(c as f64 / 4.0),
-                interval,
-            );
-            // Open loop: each tick's batch is sent by its own task, so a slow
-            // answer does not lower the offered load (no coordinated omission).
-            let (mut sent, mut k) = (0u64, 0u64);
-            let mut batches = Vec::new();
-            while started.elapsed() < Duration::from_secs(seconds) {
-                ticker.tick().await;
-                let probed = k % probe_every == 0;
-                let (mut client, prefix, first) = (client.clone(), prefix.clone(), sent);
-                let (query, visible, lost) = (query.clone(), visible.clone(), lost_probes.clone());
-                batches.push(tokio::spawn(async move {
-                    let (a, id) = send_batch(&mut client, &prefix, first, batch).await;
-                    let at = Instant::now();
-                    if a > 0 && probed {
-                        match probe(query, id, at).await {
-                            Some(d) => {
-                                if let Ok(mut v) = visible.lock() {
-                                    v.push(d);
-                                }
-                            }
-                            None => {
-                                if let Ok(mut l) = lost.lock() {
-                                    *l += 1;
-                                }
-                            }
+        move |k: u64, id: String, at: Instant| {
+            let (query, visible, lost) = (query.clone(), visible.clone(), lost_probes.clone());
+            async move {
+                if !k.is_multiple_of(probe_every) {
+                    return;
+                }
+                match probe(query, id, at).await {
+                    Some(d) => {
+                        if let Ok(mut v) = visible.lock() {
+                            v.push(d);
                         }
                     }
-                    a
-                }));
-                sent += batch as u64;
-                k += 1;
+                    None => {
+                        if let Ok(mut l) = lost.lock() {
+                            *l += 1;
+                        }
+                    }
+                }
             }
-            let mut acked = 0u64;
-            for b in batches {
-                acked += b.await.unwrap_or(0);
-            }
-            (sent, acked)
-        }));
-    }
-    let (sent, acked) = sum_counts(tasks).await;
+        }
+    };
+    let started = Instant::now();
+    let (sent, acked) = open_loop(
+        &channels,
+        &format!("{run_id}.h."),
+        batch,
+        interval,
+        Duration::from_secs(seconds),
+        probes,
+    )
+    .await;
     let publish_s = started.elapsed().as_secs_f64();
     wait_drained(options, Duration::from_secs(120)).await?;
     let steady_cpu = deployment.snapshot().cpu_since(&before);
@@ -240,24 +304,7 @@ pub async fn run(
         acked > 0 && acked == sent && i64::try_from(acked).ok() == Some(steady.rows),
         format!("sent {sent}, acked {acked}, rows {}", steady.rows),
     );
-    let condition = topic::run_rows(run_id, &from, &to);
-    let row = db
-        .query_one(
-            &format!(
-                "SELECT percentile_disc(ARRAY[0.5, 0.99, 0.999]::float8[]) WITHIN GROUP
-                        (ORDER BY extract(epoch FROM persisted_at - received_at)::float8 * 1000)
-                   FROM events WHERE {condition}"
-            ),
-            &[],
-        )
-        .await
-        .context("received → persisted percentiles")?;
-    let p: Vec<f64> = row.get::<_, Option<Vec<f64>>>(0).unwrap_or_default();
-    let persisted = json!({
-        "p50": round3(p.first().copied().unwrap_or(0.0)),
-        "p99": round3(p.get(1).copied().unwrap_or(0.0)),
-        "p999": round3(p.get(2).copied().unwrap_or(0.0)),
-    });
+    let persisted = received_to_persisted(&db, run_id, &from, &to).await?;
     let mut visible = visible.lock().map(|v| v.clone()).unwrap_or_default();
     let lost = lost_probes.lock().map(|l| *l).unwrap_or(0);
     checks.check(

@@ -303,7 +303,7 @@ async fn start(options: &Options, part: &str) -> anyhow::Result<()> {
     crate::deploy(options, "start", part).await
 }
 
-fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+pub(crate) fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
         .status()
@@ -356,27 +356,8 @@ async fn inject(options: &Options, ledger: &Ledger, fault: Fault) -> anyhow::Res
 /// A second processor in the deployment's group, on free ports.
 async fn second_processor(options: &Options) -> anyhow::Result<tokio::process::Child> {
     let binary = crate::bin_dir(options)?.join("tributary-processor");
-    let kafka = options.kafka();
-    let mut command = crate::service_command(&binary);
-    command
-        .env(
-            "TRIBUTARY_GRPC_ADDR",
-            format!("127.0.0.1:{}", crate::free_port()?),
-        )
-        .env(
-            "TRIBUTARY_HTTP_ADDR",
-            format!("127.0.0.1:{}", crate::free_port()?),
-        )
-        .env("TRIBUTARY_KAFKA_BROKERS", &kafka.kafka_brokers)
-        .env("TRIBUTARY_DATABASE_URL", &options.database_url)
-        .env("TRIBUTARY_AUTH", "off");
-    if !kafka.kafka_options.is_empty() {
-        command.env("TRIBUTARY_KAFKA_OPTIONS", kafka.kafka_options.join(","));
-    }
-    if let Some(p) = &kafka.kafka_sasl_password {
-        command.env("TRIBUTARY_KAFKA_SASL_PASSWORD", p);
-    }
-    command
+    crate::own_service(options, &binary, crate::free_port()?)?
+        .env("TRIBUTARY_AUTH", "off")
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))
 }

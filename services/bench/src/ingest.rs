@@ -119,6 +119,18 @@ impl Outcome {
         }
     }
 
+    /// The merged outcome of client tasks (a failed task is an error).
+    pub async fn join(tasks: Vec<tokio::task::JoinHandle<Outcome>>) -> Outcome {
+        let mut outcome = Outcome::default();
+        for t in tasks {
+            match t.await {
+                Ok(o) => outcome.merge(o),
+                Err(e) => outcome.error(0, format!("client task failed: {e}")),
+            }
+        }
+        outcome
+    }
+
     pub fn error(&mut self, n: u64, why: String) {
         self.errors += n;
         if self.first_error.is_none() {
@@ -186,6 +198,29 @@ pub async fn ours_batch(
         }
     }
     out
+}
+
+/// A `PublishBatch` client on each of `connections` (ids
+/// `<prefix><client>.<n>`), each until `limit`; their merged outcome.
+pub async fn batch_clients(
+    connections: &[Connection],
+    prefix: &str,
+    batch: usize,
+    limit: Limit,
+) -> Outcome {
+    let tasks = connections
+        .iter()
+        .enumerate()
+        .map(|(c, ch)| {
+            tokio::spawn(ours_batch(
+                ch.clone(),
+                format!("{prefix}{c}."),
+                batch,
+                limit,
+            ))
+        })
+        .collect();
+    Outcome::join(tasks).await
 }
 
 /// One ingest client through `PublishStream`, at most `STREAM_WINDOW` events
@@ -377,13 +412,7 @@ where
     let before = deployment.snapshot();
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients).map(|c| tokio::spawn(f(c))).collect();
-    let mut outcome = Outcome::default();
-    for t in tasks {
-        match t.await {
-            Ok(o) => outcome.merge(o),
-            Err(e) => outcome.error(0, format!("client task failed: {e}")),
-        }
-    }
+    let outcome = Outcome::join(tasks).await;
     let seconds = start.elapsed().as_secs_f64();
     Measured {
         outcome,
@@ -400,22 +429,7 @@ pub async fn run(
     run_id: &str,
 ) -> anyhow::Result<(Value, u64)> {
     let deployment = options.deployment();
-    let kafka = options.kafka();
-    let partitions = crate::topic::blocking(move || {
-        crate::topic::Offsets::new(&kafka, "tributary-bench")?
-            .partitions(crate::topic::EVENTS_TOPIC)
-    })
-    .await?;
-    let admin = tributary_kafka::admin::client(&options.kafka())?;
-    tributary_kafka::admin::ensure_topic(
-        &admin,
-        RAW_TOPIC,
-        i32::try_from(partitions.len())?,
-        1,
-        None,
-        Duration::from_secs(10),
-    )
-    .await?;
+    crate::topic::ensure_like_events(&options.kafka(), RAW_TOPIC, None).await?;
     let producer = raw_producer(&options.kafka())?;
     let mut channels = Vec::new();
     for _ in 0..options.clients {

@@ -21,7 +21,7 @@ use crate::{Checks, Options, data};
 const OLD_DB: &str = "tributary_bench_layout_old";
 const NEW_DB: &str = "tributary_bench_layout_new";
 /// The last migration before partitions.
-const BEFORE_PARTITIONS: &str = "20261201130000_subscription_dead_letters";
+pub(crate) const BEFORE_PARTITIONS: &str = "20261201130000_subscription_dead_letters";
 const BATCH: usize = 500;
 const WRITERS: usize = 2;
 
@@ -48,7 +48,7 @@ enum Layout {
     New,
 }
 
-async fn fresh(options: &Options, name: &str) -> anyhow::Result<tributary_store::Pool> {
+pub(crate) async fn fresh(options: &Options, name: &str) -> anyhow::Result<tributary_store::Pool> {
     let admin = crate::connect(&crate::with_database(&options.database_url, "postgres")).await?;
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -64,7 +64,7 @@ async fn fresh(options: &Options, name: &str) -> anyhow::Result<tributary_store:
     Ok(tributary_store::pool::build(&config)?)
 }
 
-async fn drop_db(options: &Options, name: &str) {
+pub(crate) async fn drop_db(options: &Options, name: &str) {
     if let Ok(admin) =
         crate::connect(&crate::with_database(&options.database_url, "postgres")).await
     {

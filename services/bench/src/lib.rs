@@ -10,6 +10,7 @@ pub mod e2e;
 pub mod faults;
 pub mod ingest;
 pub mod layout;
+pub mod layout_pipeline;
 pub mod overload;
 pub mod payload;
 pub mod persist;
@@ -57,7 +58,9 @@ pub struct Options {
     /// subscription's delivered events/s to a receiver in the bench against a
     /// raw consumer of the same range; layout: the processor's insert and
     /// GetEvent's read on the partitioned layout beside the layout before
-    /// partitions, in two scratch databases). Not in the default set: faults
+    /// partitions, in two scratch databases, and with --baseline-processor
+    /// persist and end to end through an ingest and two processors of its
+    /// own, one per layout). Not in the default set: faults
     /// (kills and freezes each part of the deployment under load and checks
     /// that nothing acknowledged is lost or doubled; see BENCHMARKS.md) and
     /// overload (three times the callers that reach ingest's maximum, half
@@ -143,6 +146,12 @@ pub struct Options {
     /// Directory of tributary-query (default: this binary's directory).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// A tributary-processor built before the partitioned layout
+    /// (scripts/build-baseline-processor.sh makes it): the layout scenario
+    /// then also measures persist and end to end through it beside this
+    /// build's processor (without it, that part is not run).
+    #[arg(long, env = "TRIBUTARY_BENCH_BASELINE_PROCESSOR")]
+    pub baseline_processor: Option<PathBuf>,
 }
 
 impl Options {
@@ -297,6 +306,30 @@ pub fn service_command(binary: &std::path::Path) -> tokio::process::Command {
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);
     command
+}
+
+/// A service of the bench's own ([`service_command`]): its gRPC port on
+/// `grpc`, its HTTP port free, over the deployment's broker and database
+/// (the caller may set another TRIBUTARY_DATABASE_URL).
+pub fn own_service(
+    options: &Options,
+    binary: &std::path::Path,
+    grpc: u16,
+) -> anyhow::Result<tokio::process::Command> {
+    let kafka = options.kafka();
+    let mut command = service_command(binary);
+    command
+        .env("TRIBUTARY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("TRIBUTARY_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("TRIBUTARY_KAFKA_BROKERS", &kafka.kafka_brokers)
+        .env("TRIBUTARY_DATABASE_URL", &options.database_url);
+    if !kafka.kafka_options.is_empty() {
+        command.env("TRIBUTARY_KAFKA_OPTIONS", kafka.kafka_options.join(","));
+    }
+    if let Some(p) = &kafka.kafka_sasl_password {
+        command.env("TRIBUTARY_KAFKA_SASL_PASSWORD", p);
+    }
+    Ok(command)
 }
 
 /// A PostgreSQL connection (the connection task runs in the background).

@@ -3,8 +3,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tributary_bench::{
-    Checks, Options, e2e, faults, ingest, layout, overload, payload, persist, procs, query,
-    security, subscriptions, topic,
+    Checks, Options, e2e, faults, ingest, layout, layout_pipeline, overload, payload, persist,
+    procs, query, security, subscriptions, topic,
 };
 
 #[tokio::main]
@@ -109,7 +109,9 @@ async fn run(options: &Options, checks: &mut Checks, report: &mut Value) -> anyh
         }
     }
     if options.wants("layout") {
-        report["scenarios"]["layout"] = layout::run(options, checks, &run_id).await?;
+        let mut layout_json = layout::run(options, checks, &run_id).await?;
+        layout_pipeline::run(options, checks, &run_id, &mut layout_json).await?;
+        report["scenarios"]["layout"] = layout_json;
     }
     if options.wants("e2e") {
         let (e2e_json, footprint) = e2e::run(options, checks, &run_id).await?;

@@ -17,18 +17,27 @@ use crate::{Checks, Options, data, procs};
 
 /// Waits until the processor's group has consumed everything; answers when.
 pub async fn wait_drained(options: &Options, limit: Duration) -> anyhow::Result<Instant> {
+    wait_group_drained(options, PROCESSOR_GROUP, EVENTS_TOPIC, limit).await
+}
+
+/// Waits until `group` has consumed everything of `topic`; answers when.
+pub async fn wait_group_drained(
+    options: &Options,
+    group: &str,
+    topic: &str,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
     let kafka = options.kafka();
     let deadline = Instant::now() + limit;
     loop {
-        let b = kafka.clone();
-        let lag =
-            topic::blocking(move || Offsets::new(&b, PROCESSOR_GROUP)?.lag(EVENTS_TOPIC)).await?;
+        let (b, g, t) = (kafka.clone(), group.to_owned(), topic.to_owned());
+        let lag = topic::blocking(move || Offsets::new(&b, &g)?.lag(&t)).await?;
         if lag == 0 {
             return Ok(Instant::now());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the processor still lags {lag} records after {limit:?}"
+            "the consumer group {group} still lags {lag} records on {topic} after {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

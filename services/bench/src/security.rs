@@ -22,7 +22,7 @@ use tributary_proto::v1::PublishBatchRequest;
 use tributary_proto::v1::ingest_service_client::IngestServiceClient;
 
 use crate::conn::{self, Connection, WithKey};
-use crate::ingest::{Limit, Mode, Outcome, ours_batch};
+use crate::ingest::{Limit, Mode, Outcome, batch_clients, ours_batch};
 use crate::stats::{Table, ratio, round3, thousands};
 use crate::{Checks, Options};
 
@@ -51,20 +51,7 @@ pub(crate) async fn start(
     key: &WithKey,
 ) -> anyhow::Result<Variant> {
     let grpc = crate::free_port()?;
-    let http = crate::free_port()?;
-    let kafka = options.kafka();
-    let mut command = crate::service_command(binary);
-    command
-        .env("TRIBUTARY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("TRIBUTARY_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("TRIBUTARY_KAFKA_BROKERS", &kafka.kafka_brokers)
-        .env("TRIBUTARY_DATABASE_URL", &options.database_url);
-    if !kafka.kafka_options.is_empty() {
-        command.env("TRIBUTARY_KAFKA_OPTIONS", kafka.kafka_options.join(","));
-    }
-    if let Some(p) = &kafka.kafka_sasl_password {
-        command.env("TRIBUTARY_KAFKA_SASL_PASSWORD", p);
-    }
+    let mut command = crate::own_service(options, binary, grpc)?;
     for (k, v) in edge {
         command.env(k, v);
     }
@@ -174,24 +161,15 @@ pub async fn run(options: &Options, checks: &mut Checks, run_id: &str) -> anyhow
                 let variant = &variants[v];
                 let cpu_before = crate::procs::cpu_seconds(variant.pid);
                 let started = Instant::now();
-                let mut tasks = Vec::new();
-                for (c, connection) in variant.connections.iter().enumerate() {
-                    let limit = Limit::for_mode(options, *mode, seconds);
-                    let prefix = format!("{run_id}.sec{v}.{batch}.{round}.{c}.");
-                    tasks.push(tokio::spawn(ours_batch(
-                        connection.clone(),
-                        prefix,
-                        batch,
-                        limit,
-                    )));
-                }
+                let outcome = batch_clients(
+                    &variant.connections,
+                    &format!("{run_id}.sec{v}.{batch}.{round}."),
+                    batch,
+                    Limit::for_mode(options, *mode, seconds),
+                )
+                .await;
                 let slot = &mut results[m][v];
-                for t in tasks {
-                    match t.await {
-                        Ok(o) => slot.0.merge(o),
-                        Err(e) => slot.0.error(0, format!("client task failed: {e}")),
-                    }
-                }
+                slot.0.merge(outcome);
                 slot.1 += started.elapsed().as_secs_f64();
                 slot.2 += (crate::procs::cpu_seconds(variant.pid) - cpu_before).max(0.0);
             }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
@@ -57,6 +57,18 @@ impl Offsets {
         Ok(out)
     }
 
+    /// Commits the group's offsets at `topic`'s ends (the group must have no
+    /// members): what it consumes next is what is published from now on.
+    pub fn commit_ends(&self, topic: &str) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, end) in self.ends(topic)? {
+            tpl.add_partition_offset(topic, p, Offset::Offset(end))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .with_context(|| format!("committing the group's offsets at the ends of {topic}"))
+    }
+
     /// The group's lag on `topic`: end - committed, summed (a partition
     /// without a commit counts from 0).
     pub fn lag(&self, topic: &str) -> anyhow::Result<i64> {
@@ -82,6 +94,38 @@ impl Offsets {
         }
         Ok(lag)
     }
+}
+
+/// `topic`'s end offsets now.
+pub async fn ends(
+    kafka: &tributary_kafka::KafkaArgs,
+    topic: &str,
+) -> anyhow::Result<Vec<(i32, i64)>> {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    blocking(move || Offsets::new(&kafka, "tributary-bench")?.ends(&topic)).await
+}
+
+/// Creates `topic` unless it exists, with the events topic's partition count.
+pub async fn ensure_like_events(
+    kafka: &tributary_kafka::KafkaArgs,
+    topic: &str,
+    retention: Option<Duration>,
+) -> anyhow::Result<()> {
+    let k = kafka.clone();
+    let partitions =
+        blocking(move || Offsets::new(&k, "tributary-bench")?.partitions(EVENTS_TOPIC)).await?;
+    let admin = tributary_kafka::admin::client(kafka)?;
+    tributary_kafka::admin::ensure_topic(
+        &admin,
+        topic,
+        i32::try_from(partitions.len())?,
+        1,
+        retention,
+        TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("creating {topic}"))?;
+    Ok(())
 }
 
 /// Runs a blocking offsets call off the async threads.
