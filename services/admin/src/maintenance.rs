@@ -136,7 +136,7 @@ async fn work(
     let now = SystemTime::now();
     tributary_store::partitions::ensure_ahead(client, now).await?;
     if let Some(retention) = settings.retention {
-        // Deleting is paced (a tenth of one connection's time at most), so a
+        // Deleting is paced (a twentieth of one connection's time at most), so a
         // table may take up to an interval per round: the store keeps up
         // with more rows a day than a short budget would allow.
         let budget = settings

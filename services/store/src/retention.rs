@@ -12,7 +12,7 @@
 //!
 //! Each batch is its own statement, so a run never holds a lock long, and
 //! the batches are paced: after each, a pause [`PAUSE_PER_BATCH`] times as
-//! long as it took, so deleting takes at most a tenth of one connection's
+//! long as it took, so deleting takes at most a twentieth of one connection's
 //! time and the writers keep the rest. A run deletes from a table for at
 //! most the budget its caller gives; the next run goes on.
 
@@ -24,7 +24,7 @@ use crate::pool::Pool;
 /// Rows per DELETE.
 pub const BATCH: i64 = 5_000;
 /// The pause after a batch, in multiples of the time the batch took.
-pub const PAUSE_PER_BATCH: u32 = 9;
+pub const PAUSE_PER_BATCH: u32 = 19;
 /// A run's budget per table when its caller has no better one (`migrate`).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
 
