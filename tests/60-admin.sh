@@ -326,6 +326,21 @@ if expect_code "RegisterEventType of an incompatible version 3 is InvalidArgumen
   assert_contains "the refusal names schema/properties/amount/type" "$GC_ERR" "schema/properties/amount/type"
   assert_contains "the refusal names the newly required property" "$GC_ERR" '"currency" is newly required'
 fi
+# force registers it all the same: on a type of its own, so that the one
+# above keeps version 2 for the checks below.
+FORCE_TYPE="force.check.$RUN_LC"
+FORCE_V2='{"type":"object","required":["amount","currency"],"properties":{"amount":{"type":"string"}}}'
+if expect_ok "RegisterEventType $FORCE_TYPE version 1 (amount: number)" "$ADMIN_ADDR" "$ADMIN/RegisterEventType" \
+  "$(jq -nc --arg n "$FORCE_TYPE" '{name: $n, schema: {type: "object", properties: {amount: {type: "number"}}}}')"; then
+  if expect_code "its incompatible version 2 without force is InvalidArgument" InvalidArgument \
+    "$ADMIN_ADDR" "$ADMIN/RegisterEventType" "$(jq -nc --arg n "$FORCE_TYPE" --argjson s "$FORCE_V2" '{name: $n, schema: $s}')"; then
+    assert_contains "the refusal names schema/properties/amount/type" "$GC_ERR" "schema/properties/amount/type"
+  fi
+  if expect_ok "the same version 2 with force: true is registered" "$ADMIN_ADDR" "$ADMIN/RegisterEventType" \
+    "$(jq -nc --arg n "$FORCE_TYPE" --argjson s "$FORCE_V2" '{name: $n, schema: $s, force: true}')"; then
+    assert_json "with force: it is version 2" '.version == 2' "$GC_OUT"
+  fi
+fi
 ingest_accepts() {
   gcall "$INGEST_ADDR" "$INGEST/Publish" "$(jq -nc --arg id "$RUN-dlq-fixed" --arg t "$DLQ_TYPE" \
     --argjson p "$BAD_PAYLOAD" '{event: {eventId: $id, eventType: $t, source: "admin-test", payload: $p}}')"

@@ -46,6 +46,8 @@ pub struct Config {
     pub retention: Duration,
     /// How often the store's maintenance runs (partitions created ahead,
     /// retention applied); also once at start. One replica works at a time.
+    /// Retention deletes from a table for up to this long a round; a round
+    /// that leaves rows past it is followed by the next after 1 s.
     #[arg(long, env = "TRIBUTARY_MAINTENANCE_INTERVAL", value_parser = parse_interval, default_value = "15m")]
     pub maintenance_interval: Duration,
     /// gRPC address of ingest, for GetPipelineStatus' health check.

@@ -85,46 +85,60 @@ pub struct Settings {
     pub retention: Option<Duration>,
 }
 
+/// How a round ended.
+enum Round {
+    Done,
+    /// Retention's budget ran out with rows past it left: the next round
+    /// follows at once.
+    Unfinished,
+    /// Another replica holds the lock.
+    Skipped,
+}
+
+/// The pause before the next round when the last one left rows to delete.
+const CATCH_UP_PAUSE: Duration = Duration::from_secs(1);
+
 /// Runs rounds until `token` is cancelled.
 pub async fn run(pool: Pool, settings: Settings, metrics: Metrics, token: CancellationToken) {
     loop {
-        let outcome = match round(&pool, &settings, &metrics).await {
-            Ok(true) => "ok",
-            Ok(false) => "skipped",
+        let (outcome, pause) = match round(&pool, &settings, &metrics).await {
+            Ok(Round::Done) => ("ok", settings.interval),
+            Ok(Round::Unfinished) => ("ok", CATCH_UP_PAUSE),
+            Ok(Round::Skipped) => ("skipped", settings.interval),
             Err(e) => {
                 tracing::warn!(error = %tributary_store::error_chain(&e), "store maintenance failed; trying again next round");
-                "failed"
+                ("failed", settings.interval)
             }
         };
         metrics.runs.with_label_values(&[outcome]).inc();
         tokio::select! {
             () = token.cancelled() => return,
-            () = tokio::time::sleep(settings.interval) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }
 
-/// One round; `Ok(false)` when another replica holds the lock.
+/// One round.
 async fn round(
     pool: &Pool,
     settings: &Settings,
     metrics: &Metrics,
-) -> Result<bool, tributary_store::StoreError> {
+) -> Result<Round, tributary_store::StoreError> {
     let mut client = pool.get().await?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
         .await?
         .get(0);
     if !locked {
-        return Ok(false);
+        return Ok(Round::Skipped);
     }
     let result = work(pool, &mut client, settings, metrics).await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
         .await;
-    result?;
+    let round = result?;
     unlock?;
-    Ok(true)
+    Ok(round)
 }
 
 async fn work(
@@ -132,13 +146,15 @@ async fn work(
     client: &mut tributary_store::pool::Client,
     settings: &Settings,
     metrics: &Metrics,
-) -> Result<(), tributary_store::StoreError> {
+) -> Result<Round, tributary_store::StoreError> {
     let now = SystemTime::now();
     tributary_store::partitions::ensure_ahead(client, now).await?;
+    let mut round = Round::Done;
     if let Some(retention) = settings.retention {
         // Deleting is paced (a twentieth of one connection's time at most), so a
-        // table may take up to an interval per round: the store keeps up
-        // with more rows a day than a short budget would allow.
+        // table may take up to an interval per round, and a round that
+        // leaves rows is followed at once: the store keeps up with more
+        // rows a day than a short budget would allow.
         let budget = settings
             .interval
             .max(tributary_store::retention::DEFAULT_BUDGET);
@@ -152,6 +168,9 @@ async fn work(
             if *n > 0 {
                 tracing::info!(table, rows = n, "deleted rows past retention");
             }
+        }
+        if report.unfinished {
+            round = Round::Unfinished;
         }
         if !report.failed.is_empty() {
             update_gauges(client, metrics).await?;
@@ -168,7 +187,7 @@ async fn work(
     metrics
         .last_success
         .set(i64::try_from(unix).unwrap_or(i64::MAX));
-    Ok(())
+    Ok(round)
 }
 
 /// How many partitions there are and how far ahead the newest reaches.

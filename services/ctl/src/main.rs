@@ -193,6 +193,12 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
                     println!("retention: deleted {n} row(s) of {table}");
                 }
             }
+            if report.unfinished {
+                println!(
+                    "retention: rows past it remain after {} s on a table; admin's maintenance (or the next migrate) goes on",
+                    tributary_store::retention::DEFAULT_BUDGET.as_secs()
+                );
+            }
         }
     }
     if !args.skip_topics {

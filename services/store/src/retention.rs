@@ -40,6 +40,9 @@ pub struct Report {
     pub deleted: Vec<(&'static str, u64)>,
     /// Partitions past retention that could not be dropped this run.
     pub failed: Vec<String>,
+    /// A table's budget ran out with rows past the cutoff left: the next
+    /// run has more to delete.
+    pub unfinished: bool,
 }
 
 /// The tables trimmed row by row, with the column that ages them. The names
@@ -129,8 +132,9 @@ pub async fn apply(
         if table.starts_with("events_") && !parts.iter().any(|p| p.name == *table) {
             continue;
         }
-        let n = trim(&client, sql, cutoff, budget).await?;
+        let (n, more) = trim(&client, sql, cutoff, budget).await?;
         report.deleted.push((table, n));
+        report.unfinished |= more;
     }
 
     // 3. event_ids below the oldest row that can still be stored: the
@@ -152,8 +156,9 @@ pub async fn apply(
             }
         }
     }
-    let n = trim_ids(&client, ids_cutoff, budget).await?;
+    let (n, more) = trim_ids(&client, ids_cutoff, budget).await?;
     report.deleted.push(("event_ids", n));
+    report.unfinished |= more;
     Ok(report)
 }
 
@@ -215,21 +220,24 @@ async fn drop_detached(client: &deadpool_postgres::Object, name: &str) -> Result
 
 /// Runs a bounded DELETE until it removes less than a batch or `budget` is
 /// spent, pausing [`PAUSE_PER_BATCH`] times as long as each batch took;
-/// returns the rows deleted.
+/// returns the rows deleted and whether the budget ran out first.
 async fn trim(
     client: &deadpool_postgres::Object,
     sql: &str,
     cutoff: SystemTime,
     budget: Duration,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, bool), StoreError> {
     let started = Instant::now();
     let mut total = 0;
     loop {
         let batch = Instant::now();
         let n = client.execute(sql, &[&cutoff, &BATCH]).await?;
         total += n;
-        if n < BATCH as u64 || started.elapsed() >= budget {
-            return Ok(total);
+        if n < BATCH as u64 {
+            return Ok((total, false));
+        }
+        if started.elapsed() >= budget {
+            return Ok((total, true));
         }
         tokio::time::sleep(batch.elapsed() * PAUSE_PER_BATCH).await;
     }
@@ -244,7 +252,7 @@ async fn trim_ids(
     client: &deadpool_postgres::Object,
     cutoff: SystemTime,
     budget: Duration,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, bool), StoreError> {
     let started = Instant::now();
     let mut total = 0;
     let oldest: Option<SystemTime> = client
@@ -252,7 +260,7 @@ async fn trim_ids(
         .await?
         .get(0);
     let Some(mut from) = oldest.filter(|t| *t < cutoff) else {
-        return Ok(0);
+        return Ok((0, false));
     };
     loop {
         let batch = Instant::now();
@@ -272,10 +280,10 @@ async fn trim_ids(
             )
             .await?;
         let Some(edge) = edge else {
-            return Ok(total);
+            return Ok((total, false));
         };
         if started.elapsed() >= budget {
-            return Ok(total);
+            return Ok((total, true));
         }
         from = edge;
         tokio::time::sleep(batch.elapsed() * PAUSE_PER_BATCH).await;
